@@ -1,0 +1,29 @@
+"""bnlab: test claims about batch normalization instead of repeating them.
+
+Importing bnlab is cheap: torch, pandas and matplotlib load only when a function needs them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from bnlab.config import Config
+    from bnlab.runner import RunOutcome
+
+
+def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    from bnlab.config import load_config as _load
+
+    return _load(path, overrides)
+
+
+def run(config: Config, **kwargs: Any) -> RunOutcome:
+    """Train one config and write its run folder (see bnlab.runner.run)."""
+    from bnlab.runner import run as _run
+
+    return _run(config, **kwargs)

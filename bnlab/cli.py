@@ -1,0 +1,149 @@
+"""The `bnlab` command: parse, call one library function, print, map errors to exit codes.
+
+Heavy libraries (torch, pandas, matplotlib, ray) are imported inside the commands, so
+`bnlab --help` stays fast; a test checks that importing this module loads none of them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bnlab import __version__
+from bnlab.cli_data import data_app
+from bnlab.cli_errors import user_errors
+
+app = typer.Typer(
+    help="Test claims about batch normalization instead of repeating them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+
+ConfigAndOverrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="An optional YAML config, then dotted overrides like train.lr=0.01", show_default=False),
+]
+RunsDir = Annotated[
+    Path | None, typer.Option("--runs-dir", help="Where run folders go (default: $BNLAB_RUNS or ./runs)")
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bnlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit")] = False,
+) -> None:
+    """Test claims about batch normalization instead of repeating them."""
+
+
+def _split_config_arg(args: list[str] | None) -> tuple[Path | None, list[str]]:
+    """The first argument is the config file if it names one (an existing path, or a .yaml/.yml
+    name); anything else is an override, so `bnlab run train.lr` says what an override needs."""
+    args = list(args or [])
+    if args and "=" not in args[0]:
+        first = Path(args[0])
+        if first.exists() or first.suffix in (".yaml", ".yml") or "/" in args[0]:
+            return first, args[1:]
+    return None, args
+
+
+@app.command()
+def run(
+    args: ConfigAndOverrides = None,
+    runs_dir: RunsDir = None,
+    force: Annotated[bool, typer.Option("--force", help="Redo the run even if it already finished")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result line")] = False,
+) -> None:
+    """Train one config and write its run folder.
+
+    A last partial batch of a single sample is dropped when the model has BN.
+    """
+    from rich.console import Console
+
+    from bnlab.config import load_config
+    from bnlab.progress import LiveRunView, PlainRunView
+    from bnlab.runner import run as run_one
+
+    console = Console()
+    with user_errors():
+        path, overrides = _split_config_arg(args)
+        cfg = load_config(path, overrides)
+        label = f"{cfg.name} {cfg.run_id()}"
+        view_class = LiveRunView if console.is_terminal else PlainRunView
+        if quiet:
+            outcome = run_one(cfg, runs_dir, force=force)
+        else:
+            with view_class(console, label) as view:
+                outcome = run_one(cfg, runs_dir, force=force, on_event=view)
+    summary = outcome.summary
+    if outcome.skipped:
+        typer.echo(f"already finished: {outcome.folder} ({summary['status']}); use --force to redo it")
+        return
+    test_acc = summary["final"].get("test_acc")
+    result = f"test_acc {100 * test_acc:.2f}%" if test_acc is not None else summary["status"]
+    typer.echo(f"wrote {outcome.folder} ({result}, {summary['timings']['seconds_total']:.1f} s)")
+
+
+@config_app.command("show")
+def config_show(args: ConfigAndOverrides = None) -> None:
+    """Print the resolved config (defaults filled, overrides applied) as YAML."""
+    from bnlab.config import load_config
+
+    with user_errors():
+        path, overrides = _split_config_arg(args)
+        cfg = load_config(path, overrides)
+    typer.echo(cfg.to_yaml(), nl=False)
+    typer.echo(f"# run id: {cfg.run_id()}")
+
+
+@app.command()
+def show(run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/<name>/<run id>)")]) -> None:
+    """Print a finished run's summary as a table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bnlab.records import read_summary
+
+    with user_errors():
+        summary = read_summary(run_dir)
+    table = Table(title=f"{summary.get('name')} {summary.get('run_id')}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in _flatten(summary):
+        table.add_row(key, _fmt(value))
+    Console().print(table)
+
+
+def _flatten(mapping: dict, prefix: str = "") -> list[tuple[str, object]]:
+    rows: list[tuple[str, object]] = []
+    for key, value in mapping.items():
+        if isinstance(value, dict) and key != "sha256":
+            rows += _flatten(value, f"{prefix}{key}.")
+        elif isinstance(value, dict):
+            rows += [(f"{prefix}{key}.{name}", digest[:16] + "...") for name, digest in value.items()]
+        else:
+            rows.append((prefix + key, value))
+    return rows
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "-" if value is None else str(value)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

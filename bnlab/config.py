@@ -1,0 +1,330 @@
+"""The experiment schema, YAML loading and dotted overrides. Knows nothing of torch.
+
+Every model forbids unknown keys (pydantic ignores them by default, and a typo'd YAML key must
+fail loudly) and every field has a default, so an empty file is a valid config.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bnlab.errors import ConfigError
+
+# A config bigger than this is not a hand-written experiment; refuse it before parsing.
+MAX_CONFIG_BYTES = 1 << 20
+# Names become folder names under runs/: keep them to one safe path component.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$"
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    dataset: Literal["mnist", "fashion-mnist"] = "mnist"
+    root: str | None = None  # a folder of IDX files; else BNLAB_DATA, the cache, system copies, download
+    val_size: int = Field(5000, ge=0, le=50000)  # held out from the end of train, for choosing lr
+    train_subset: int | None = Field(None, ge=1)  # first N training images (after the val split)
+    normalize: Literal["standard", "unit", "binary"] = "standard"
+    # Off only for datasets that are not the published files (the tests' tiny fixtures):
+    # their SHA-256 is still recorded in summary.json.
+    verify: bool = True
+
+
+class ModelConfig(_Strict):
+    hidden: list[int] = Field(default_factory=lambda: [256, 128, 64], min_length=1)
+    activation: Literal["relu", "sigmoid", "tanh", "gelu"] = "relu"
+    bn: Literal["none", "before", "after"] = "after"  # relative to the activation
+    bn_momentum: float = Field(0.1, gt=0, le=1)  # PyTorch convention: Keras's 0.99 is 0.01 here
+    bn_eps: float = Field(1e-5, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout_order: Literal["before_bn", "after_bn"] = "after_bn"
+    init: Literal["default", "he", "xavier", "normal"] = "default"
+    init_std: float | None = Field(None, gt=0)  # only for init: normal
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_widths(cls, hidden: list[int]) -> list[int]:
+        if any(width < 1 for width in hidden):
+            raise ValueError(f"every hidden width must be >= 1 (got {hidden})")
+        return hidden
+
+    @model_validator(mode="after")
+    def _init_std_with_normal(self) -> ModelConfig:
+        if self.init == "normal" and self.init_std is None:
+            raise ValueError("init_std: required when init is 'normal'")
+        if self.init != "normal" and self.init_std is not None:
+            raise ValueError(f"init_std: only used with init: normal (init is {self.init!r})")
+        return self
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(5, ge=1)
+    steps: int | None = Field(None, ge=1)  # when set, replaces epochs
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["sgd", "nesterov", "adam", "adamw"] = "adam"  # keys of train.OPTIMIZERS
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)  # sgd and nesterov only
+    weight_decay: float = Field(0.0, ge=0)
+    log_every: int = Field(50, ge=1)
+
+    @model_validator(mode="after")
+    def _momentum_fits_optimizer(self) -> TrainConfig:
+        if self.momentum > 0 and self.optimizer in ("adam", "adamw"):
+            raise ValueError(f"momentum: only used by sgd and nesterov (optimizer is {self.optimizer!r})")
+        if self.optimizer == "nesterov" and self.momentum == 0:
+            raise ValueError("momentum: nesterov needs momentum > 0")
+        return self
+
+
+class EvalConfig(_Strict):
+    bn_stats: list[Literal["running", "batch"]] = Field(default_factory=lambda: ["running"], min_length=1)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1000], min_length=1)
+    every_steps: int | None = Field(None, ge=1)
+
+    @field_validator("bn_stats", mode="before")
+    @classmethod
+    def _scalar_as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batch_sizes_above_one(cls, sizes: list[int]) -> list[int]:
+        # Batch statistics of a single sample are undefined (zero variance).
+        if any(size < 2 for size in sizes):
+            raise ValueError(f"every eval batch size must be >= 2 (got {sizes})")
+        return sizes
+
+
+class Config(_Strict):
+    name: str = "run"  # a label and a folder name under runs/: not part of the run id
+    seed: int = Field(0, ge=0, lt=2**31)
+    device: str = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not re.match(NAME_PATTERN, name):
+            raise ValueError(f"must be 1-100 letters, digits, '.', '_', '+' or '-', starting with a letter "
+                             f"or digit, so it stays inside runs/ (got {_short_repr(name)})")
+        return name
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not re.match(DEVICE_PATTERN, device):
+            raise ValueError(f"must be auto, cpu, mps, cuda or cuda:N (got {_short_repr(device)})")
+        return device
+
+    @model_validator(mode="after")
+    def _bn_needs_two_samples(self) -> Config:
+        if self.model.bn != "none" and self.train.batch_size < 2:
+            raise ValueError(
+                f"train.batch_size: 1 is not allowed with model.bn={self.model.bn} "
+                "(batch statistics need at least 2 samples); use >= 2 or model.bn=none"
+            )
+        return self
+
+    def run_id(self) -> str:
+        """Short hash of the resolved config minus `name`: the same run wherever it executes."""
+        payload = json.dumps(self.model_dump(exclude={"name"}), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(), sort_keys=False)
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """Safe loading with a cap on aliases: a billion-laughs document expands without bound."""
+
+    max_aliases = 100
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._aliases_seen = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            self._aliases_seen += 1
+            if self._aliases_seen > self.max_aliases:
+                raise yaml.YAMLError(f"more than {self.max_aliases} aliases")
+        return super().compose_node(parent, index)
+
+
+def parse_yaml_text(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_LimitedLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{source}: not valid YAML{where}: {' '.join(str(problem).split())}") from None
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; every failure is one ConfigError naming the file."""
+    try:
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a directory, not a YAML file")
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {size} bytes is over the {MAX_CONFIG_BYTES}-byte limit for a config")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    raw = parse_yaml_text(text, str(path))
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: must be a mapping of fields, got {type(raw).__name__}")
+    return raw
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`train.lr=0.01` -> (["train", "lr"], 0.01); the value parses as a YAML scalar or list."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected field=value, e.g. train.lr=0.01")
+    path, _, text = item.partition("=")
+    parts = path.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {item!r}: expected a dotted field name before '='")
+    value = parse_yaml_text(text, f"override {item!r}")
+    return parts, value
+
+
+def check_dotted_path(parts: Sequence[str], model: type[BaseModel] = Config) -> None:
+    """Raise ConfigError unless `parts` names a field of the schema (with a did-you-mean)."""
+    current: type[BaseModel] = model
+    for depth, part in enumerate(parts):
+        fields = current.model_fields
+        if part not in fields:
+            prefix = ".".join(parts[:depth])
+            raise ConfigError(
+                f"{'.'.join(parts)}: unknown field{_did_you_mean(part, fields)}; allowed"
+                f"{' in ' + prefix if prefix else ''}: {', '.join(fields)}"
+            )
+        annotation = fields[part].annotation
+        is_last = depth == len(parts) - 1
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            current = annotation
+        elif not is_last:
+            raise ConfigError(f"{'.'.join(parts)}: {'.'.join(parts[: depth + 1])} has no sub-fields")
+
+
+def set_dotted(raw: dict[str, Any], parts: Sequence[str], value: Any) -> None:
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    for item in overrides:
+        parts, value = parse_override(item)
+        try:
+            check_dotted_path(parts)
+        except ConfigError as err:
+            raise ConfigError(f"override {item!r}: {err}") from None
+        set_dotted(raw, parts, value)
+    return raw
+
+
+def validate(raw: dict[str, Any], source: str) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {describe(err)}") from None
+
+
+def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read YAML (or nothing: all defaults), apply dotted overrides in order, validate.
+
+    A file that sets no `name` is named after its stem, so runs land in runs/<stem>/.
+    """
+    raw = read_yaml_mapping(path) if path is not None else {}
+    if path is not None and "name" not in raw and re.match(NAME_PATTERN, path.stem):
+        raw["name"] = path.stem
+    apply_overrides(raw, overrides)
+    return validate(raw, str(path) if path is not None else "config")
+
+
+# --- messages ----------------------------------------------------------------------------------
+
+
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    # Spelled-out names of our abbreviations: learning_rate -> lr.
+    initials = "".join(part[:1] for part in re.split(r"[_\W]+", word.lower()) if part)
+    close = close or [choice for choice in choices if len(initials) > 1 and choice == initials]
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
+    current: type[BaseModel] = Config
+    for part in loc:
+        field = current.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        current = annotation
+    return current
+
+
+def describe(err: ValidationError) -> str:
+    """The first problem as `dotted.field: what is wrong; allowed ...`, for one line on stderr."""
+    first = err.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    field = ".".join(loc) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        owner = _model_at(loc[:-1])
+        allowed = list(owner.model_fields) if owner else []
+        what = f"unknown field{_did_you_mean(loc[-1], allowed)}; allowed: {', '.join(allowed)}"
+    elif first["type"] == "value_error":
+        # Our own validators put the field in the message; pydantic prefixes "Value error, ".
+        message = first["msg"].removeprefix("Value error, ")
+        head, sep, rest = message.partition(": ")
+        if sep and (head.replace(".", "").replace("_", "").isalnum()) and " " not in head:
+            if "." not in head and loc:
+                head = f"{field}.{head}"
+            return head + ": " + rest + _more(err)
+        what = message
+    else:
+        shown = first.get("input")
+        what = f"{first['msg']} (got {_short_repr(shown)})"
+    return f"{field}: {what}{_more(err)}"
+
+
+def _more(err: ValidationError) -> str:
+    return f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

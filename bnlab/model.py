@@ -1,0 +1,112 @@
+"""The Dense network built from `model:`. Knows nothing of data sources, files or training loops.
+
+Seeds pair across arms: every Linear's weights come from a generator seeded by (seed, layer
+index), and biases from a separate stream, so `bn: none` (with biases) and `bn: after` (some
+without) give the same first-layer weights for the same seed. Paired statistics depend on this.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from bnlab.config import ModelConfig
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+}
+# kaiming_normal_'s gain per activation (GELU is close enough to ReLU for He's argument).
+_HE_NONLINEARITY = {"relu": "relu", "gelu": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
+
+# Stream ids for stream_seed: each source of randomness has its own, so changing one (say,
+# adding dropout) never shifts another (say, the batch order).
+STREAM_WEIGHTS = 1
+STREAM_BIAS = 2
+STREAM_DATA_ORDER = 3
+STREAM_DROPOUT = 4
+
+
+def stream_seed(seed: int, stream: int, index: int = 0) -> int:
+    """An independent 63-bit seed for (run seed, stream, index), via numpy's SeedSequence."""
+    state = np.random.SeedSequence([seed, stream, index]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def generator(seed: int, stream: int, index: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(stream_seed(seed, stream, index))
+
+
+def init_linear_(
+    weight: torch.Tensor, bias: torch.Tensor | None, cfg: ModelConfig, layer_index: int, seed: int
+) -> None:
+    """Initialise one Linear in place; weight is (out, in) as in nn.Linear.
+
+    Draws on the CPU from per-layer generators and copies, so the numbers do not depend on the
+    device and a stacked model can reuse this for each of its members.
+    """
+    weights_rng = generator(seed, STREAM_WEIGHTS, layer_index)
+    bias_rng = generator(seed, STREAM_BIAS, layer_index)
+    fan_in = weight.shape[1]
+    cpu_weight = torch.empty(weight.shape, dtype=weight.dtype)
+    if cfg.init == "default":
+        # nn.Linear.reset_parameters, with our generators.
+        nn.init.kaiming_uniform_(cpu_weight, a=math.sqrt(5), generator=weights_rng)
+    elif cfg.init == "he":
+        nn.init.kaiming_normal_(cpu_weight, nonlinearity=_HE_NONLINEARITY[cfg.activation], generator=weights_rng)
+    elif cfg.init == "xavier":
+        nn.init.xavier_uniform_(cpu_weight, generator=weights_rng)
+    elif cfg.init == "normal":
+        assert cfg.init_std is not None  # the config validator guarantees it
+        nn.init.normal_(cpu_weight, 0.0, cfg.init_std, generator=weights_rng)
+    else:
+        raise ValueError(f"model.init: unknown {cfg.init!r}")
+    with torch.no_grad():
+        weight.copy_(cpu_weight)
+        if bias is not None:
+            if cfg.init == "default":
+                bound = 1 / math.sqrt(fan_in)
+                cpu_bias = torch.empty(bias.shape, dtype=bias.dtype).uniform_(-bound, bound, generator=bias_rng)
+                bias.copy_(cpu_bias)
+            else:
+                bias.zero_()
+
+
+def hidden_block(cfg: ModelConfig, n_in: int, width: int) -> list[nn.Module]:
+    """One hidden layer's modules in order; the placement table lives here and only here."""
+    # A Linear whose output is normalised next has no bias: BN's beta subsumes it.
+    feeds_bn = cfg.bn == "before"
+    linear = nn.Linear(n_in, width, bias=not feeds_bn)
+    activation = ACTIVATIONS[cfg.activation]()
+    batch_norm = nn.BatchNorm1d(width, eps=cfg.bn_eps, momentum=cfg.bn_momentum)
+    dropout = [nn.Dropout(cfg.dropout)] if cfg.dropout > 0 else []
+    if cfg.bn == "none":
+        return [linear, activation, *dropout]
+    if cfg.bn == "before":
+        if cfg.dropout_order == "before_bn":
+            return [linear, *dropout, batch_norm, activation]
+        return [linear, batch_norm, activation, *dropout]
+    if cfg.bn == "after":
+        if cfg.dropout_order == "before_bn":
+            return [linear, activation, *dropout, batch_norm]
+        return [linear, activation, batch_norm, *dropout]
+    raise ValueError(f"model.bn: unknown {cfg.bn!r}")
+
+
+def build_model(cfg: ModelConfig, n_inputs: int, n_classes: int, seed: int) -> nn.Sequential:
+    """Dense stack: hidden blocks, then a plain Linear to the logits (no BN on the output)."""
+    modules: list[nn.Module] = []
+    n_in = n_inputs
+    for width in cfg.hidden:
+        modules += hidden_block(cfg, n_in, width)
+        n_in = width
+    modules.append(nn.Linear(n_in, n_classes))
+    linears = [module for module in modules if isinstance(module, nn.Linear)]
+    for layer_index, linear in enumerate(linears):
+        init_linear_(linear.weight, linear.bias, cfg, layer_index, seed)
+    return nn.Sequential(*modules)

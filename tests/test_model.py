@@ -1,0 +1,64 @@
+"""The exact layer sequence for every placement x dropout order, and seed pairing."""
+
+from __future__ import annotations
+
+import itertools
+import typing
+
+import pytest
+import torch
+from torch import nn
+
+from bnlab.config import ModelConfig
+from bnlab.model import ACTIVATIONS, build_model
+
+L, B, A, D = nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout
+
+EXPECTED_BLOCK = {
+    ("none", "after_bn"): [L, A, D],
+    ("none", "before_bn"): [L, A, D],
+    ("before", "after_bn"): [L, B, A, D],
+    ("before", "before_bn"): [L, D, B, A],
+    ("after", "after_bn"): [L, A, B, D],
+    ("after", "before_bn"): [L, A, D, B],
+}
+
+
+@pytest.mark.parametrize(("bn", "order"), list(EXPECTED_BLOCK))
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_layer_sequence(bn: str, order: str, dropout: float) -> None:
+    cfg = ModelConfig(hidden=[8, 4], bn=bn, dropout=dropout, dropout_order=order)
+    model = build_model(cfg, 12, 10, seed=0)
+    block = [kind for kind in EXPECTED_BLOCK[(bn, order)] if dropout > 0 or kind is not D]
+    assert [type(module) for module in model] == block * 2 + [L]
+    linears = [module for module in model if isinstance(module, L)]
+    # A Linear that feeds BN has no bias; the output layer always has one, and never BN after it.
+    assert [linear.bias is not None for linear in linears] == [bn != "before"] * 2 + [True]
+    if dropout:
+        assert all(module.p == dropout for module in model if isinstance(module, D))
+
+
+def test_activation_table_matches_config() -> None:
+    allowed = typing.get_args(ModelConfig.model_fields["activation"].annotation)
+    assert set(ACTIVATIONS) == set(allowed)
+
+
+@pytest.mark.parametrize(("init", "std"), [("default", None), ("he", None), ("xavier", None), ("normal", 0.05)])
+def test_same_seed_pairs_first_layer_across_placements(init: str, std: float | None) -> None:
+    weights = {}
+    for bn in ("none", "before", "after"):
+        model = build_model(ModelConfig(hidden=[16, 8], bn=bn, init=init, init_std=std), 20, 10, seed=3)
+        weights[bn] = [m.weight.detach().clone() for m in model if isinstance(m, L)]
+    for bn_a, bn_b in itertools.combinations(weights, 2):
+        for layer_a, layer_b in zip(weights[bn_a], weights[bn_b], strict=True):
+            torch.testing.assert_close(layer_a, layer_b, rtol=0, atol=0)
+    other_seed = build_model(ModelConfig(hidden=[16, 8], init=init, init_std=std), 20, 10, seed=4)
+    assert not torch.equal(other_seed[0].weight, weights["after"][0])
+
+
+def test_init_scales() -> None:
+    he = build_model(ModelConfig(hidden=[400], init="he", bn="none"), 784, 10, seed=0)[0].weight
+    assert he.std().item() == pytest.approx((2 / 784) ** 0.5, rel=0.05)
+    normal = build_model(ModelConfig(hidden=[400], init="normal", init_std=0.2, bn="none"), 784, 10, seed=0)[0]
+    assert normal.weight.std().item() == pytest.approx(0.2, rel=0.05)
+    assert torch.count_nonzero(normal.bias) == 0

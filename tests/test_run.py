@@ -1,0 +1,197 @@
+"""`bnlab run` end to end on a tiny real dataset: the run folder, determinism, pairing, eval modes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from bnlab.cli import app
+from bnlab.config import load_config
+from bnlab.data import load_dataset
+from bnlab.model import build_model
+from bnlab.records import read_summary
+from bnlab.runner import run
+from bnlab.train import PROBE_UNITS, epoch_order, train
+
+RUN_FILES = {"config.yaml", "epochs.csv", "steps.csv", "probes.csv", "evals.csv", "summary.json", "model.pt",
+             "plots"}
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def _strict_json_load(path: Path) -> dict:
+    def refuse(token: str) -> None:
+        raise ValueError(f"non-strict JSON token {token}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_run_writes_the_whole_folder(tmp_path: Path, tiny_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["run", str(tiny_config), "eval.bn_stats=[running, batch]",
+                                      "eval.batch_sizes=[8, 50]"])
+    assert result.exit_code == 0, result.output
+    cfg = load_config(tiny_config, ["eval.bn_stats=[running, batch]", "eval.batch_sizes=[8, 50]"])
+    folder = tmp_path / "runs" / "tiny" / cfg.run_id()
+    assert f"wrote runs/tiny/{cfg.run_id()}" in result.stdout
+    assert {path.name for path in folder.iterdir()} == RUN_FILES
+    assert load_config(folder / "config.yaml") == cfg.model_copy(update={"name": "tiny"})
+
+    summary = _strict_json_load(folder / "summary.json")
+    assert summary["status"] == "done"
+    assert summary["run_id"] == cfg.run_id() and summary["seed"] == 0
+    assert summary["engine"] == "solo" and summary["stack_size"] == 1
+    assert summary["device"] == "cpu"
+    assert set(summary["versions"]) >= {"python", "torch", "bnlab"}
+    assert set(summary["dataset"]["sha256"]) == {"train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"}
+    assert "git_commit" in summary
+    assert summary["final"]["test_acc"] > 0.5  # the tiny classes are learnable: this is not chance
+
+    epochs = _rows(folder / "epochs.csv")
+    assert [int(row["epoch"]) for row in epochs] == [1, 2]
+    assert set(epochs[0]) >= {"train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                              "lr", "seconds"}
+    assert float(epochs[-1]["test_acc"]) == summary["final"]["test_acc"]
+    steps = _rows(folder / "steps.csv")
+    # 300 training images at batch 32: 9 full batches + 12 left over, per epoch; a row every 5 steps.
+    assert [int(row["step"]) for row in steps] == list(range(5, 21, 5))
+    assert all(float(row["grad_norm"]) > 0 for row in steps)
+
+    probes = _rows(folder / "probes.csv")
+    assert {(row["layer"]) for row in probes} == {"1", "2"}
+    assert {int(row["step"]) for row in probes} == {0, 5, 10, 15, 20}
+    assert len(probes) == 5 * 2 * PROBE_UNITS
+    assert all(float(r["p15"]) <= float(r["p50"]) <= float(r["p85"]) for r in probes)
+
+    evals = _rows(folder / "evals.csv")
+    assert [(r["split"], r["bn_stats"], r["batch_size"]) for r in evals] == [
+        ("val", "running", ""), ("test", "running", ""), ("val", "batch", "8"), ("test", "batch", "8"),
+        ("val", "batch", "50"), ("test", "batch", "50")]
+    state = torch.load(folder / "model.pt", weights_only=True)
+    model = build_model(cfg.model, 784, 10, seed=0)
+    model.load_state_dict(state)
+    assert (folder / "plots" / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(folder.rglob("*.tmp"))
+
+
+def test_finished_run_is_kept_unless_forced(tmp_path: Path, tiny_config: Path) -> None:
+    runs = tmp_path / "elsewhere"
+    first = CliRunner().invoke(app, ["run", str(tiny_config), "--runs-dir", str(runs), "--quiet"])
+    assert first.exit_code == 0, first.output
+    (folder,) = (runs / "tiny").iterdir()
+    before = (folder / "summary.json").read_bytes()
+    again = CliRunner().invoke(app, ["run", str(tiny_config), "--runs-dir", str(runs)])
+    assert again.exit_code == 0
+    assert again.stdout == f"already finished: {folder} (done); use --force to redo it\n"
+    assert (folder / "summary.json").read_bytes() == before
+    forced = CliRunner().invoke(app, ["run", str(tiny_config), "--runs-dir", str(runs), "--force", "--quiet"])
+    assert forced.exit_code == 0
+    assert (folder / "summary.json").read_bytes() != before  # new timings
+
+
+def test_bnlab_runs_env_names_the_runs_dir(tmp_path: Path, tiny_config: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BNLAB_RUNS", str(tmp_path / "from-env"))
+    outcome = run(load_config(tiny_config, ["train.epochs=1"]))
+    assert outcome.folder.parent.parent == tmp_path / "from-env"
+
+
+def test_same_config_and_seed_give_identical_numbers(tmp_path: Path, tiny_config: Path) -> None:
+    cfg = load_config(tiny_config, ["model.dropout=0.2", "eval.every_steps=4"])
+    first = run(cfg, tmp_path / "a").folder
+    second = run(cfg, tmp_path / "b").folder
+    for name in ("steps.csv", "probes.csv", "evals.csv"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    strip = [{k: v for k, v in row.items() if k != "seconds"} for row in _rows(first / "epochs.csv")]
+    assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in _rows(second / "epochs.csv")]
+    assert torch.load(first / "model.pt", weights_only=True)["0.weight"].equal(
+        torch.load(second / "model.pt", weights_only=True)["0.weight"])
+
+
+@pytest.mark.parametrize("bn", ["none", "after", "before"])
+def test_seed_fixes_first_layer_and_batch_order_across_placements(tiny_config: Path, bn: str) -> None:
+    """The loss logged at step 1 is the untrained model's loss on epoch_order's first batch:
+    with the same seed, every placement trains on the same batches from the same first layer."""
+    cfg = load_config(tiny_config, [f"model.bn={bn}", "train.log_every=1", "train.steps=1"])
+    splits = load_dataset(cfg.data, torch.device("cpu"))
+    first_batch = epoch_order(cfg.seed, 1, len(splits.train_x), torch.device("cpu"))[: cfg.train.batch_size]
+    model = build_model(cfg.model, 784, 10, cfg.seed).train()
+    with torch.no_grad():
+        expected = F.cross_entropy(model(splits.train_x[first_batch]), splits.train_y[first_batch]).item()
+    result = train(cfg, splits)
+    assert result.steps[0]["train_loss"] == pytest.approx(expected, rel=1e-6)
+    reference = build_model(load_config(tiny_config, ["model.bn=none"]).model, 784, 10, cfg.seed)
+    assert torch.equal(model[0].weight, reference[0].weight)
+    assert not torch.equal(first_batch, epoch_order(cfg.seed + 1, 1, len(splits.train_x), torch.device("cpu"))[
+        : cfg.train.batch_size])
+
+
+def test_steps_replace_epochs_and_single_sample_batch_is_dropped(tiny_config: Path) -> None:
+    # 300 training images at batch 299: one full batch and a leftover of one, which BN cannot use.
+    cfg = load_config(tiny_config, ["train.batch_size=299", "train.epochs=3"])
+    result = train(cfg, load_dataset(cfg.data, torch.device("cpu")))
+    assert result.timings["steps"] == 3
+    no_bn = load_config(tiny_config, ["train.batch_size=299", "train.steps=5", "model.bn=none"])
+    result = train(no_bn, load_dataset(no_bn.data, torch.device("cpu")))
+    assert result.timings["steps"] == 5
+    assert [row["epoch"] for row in result.epochs] == [1, 2, 3]  # 2 steps an epoch, the last one cut short
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "nesterov", "adam", "adamw"])
+def test_each_optimizer_trains(tiny_config: Path, optimizer: str) -> None:
+    momentum = "0.9" if optimizer in ("sgd", "nesterov") else "0"
+    lr = "0.05" if optimizer in ("sgd", "nesterov") else "0.01"
+    cfg = load_config(tiny_config, [f"train.optimizer={optimizer}", f"train.momentum={momentum}",
+                                    f"train.lr={lr}", "train.weight_decay=1e-4"])
+    result = train(cfg, load_dataset(cfg.data, torch.device("cpu")))
+    assert result.status == "done"
+    assert result.epochs[-1]["train_loss"] < result.epochs[0]["train_loss"] or result.final["train_acc"] > 0.9
+
+
+def test_huge_learning_rate_is_diverged_not_a_crash(tmp_path: Path, tiny_config: Path) -> None:
+    cfg = load_config(tiny_config, ["model.bn=none", "train.optimizer=sgd", "train.lr=1e6", "train.log_every=1"])
+    outcome = run(cfg, tmp_path)
+    summary = read_summary(outcome.folder)
+    assert summary["status"] == "diverged"
+    assert summary["diverged_step"] >= 1
+    assert summary["final"] == {}
+    _strict_json_load(outcome.folder / "summary.json")
+
+
+def test_batch_statistics_eval_leaves_running_stats_alone(tiny_config: Path) -> None:
+    cfg = load_config(tiny_config, ["eval.bn_stats=[running, batch]", "eval.batch_sizes=[2, 16]"])
+    splits = load_dataset(cfg.data, torch.device("cpu"))
+    result = train(cfg, splits)
+    by_mode = {(row["split"], row["bn_stats"], row["batch_size"]): row for row in result.evals}
+    assert by_mode[("test", "running", None)]["acc"] == result.final["test_acc"]
+    # Batches of two normalise each pair against itself: clearly worse than running statistics.
+    assert by_mode[("test", "batch", 2)]["acc"] < by_mode[("test", "running", None)]["acc"]
+    assert all(math.isfinite(row["loss"]) for row in result.evals)
+
+
+def test_every_steps_adds_val_and_test_accuracy(tiny_config: Path) -> None:
+    cfg = load_config(tiny_config, ["eval.every_steps=3", "train.log_every=100"])
+    result = train(cfg, load_dataset(cfg.data, torch.device("cpu")))
+    assert [row["step"] for row in result.steps] == [3, 6, 9, 12, 15, 18]
+    assert all(set(row) == {"step", "epoch", "val_acc", "test_acc"} for row in result.steps)
+
+
+def test_show_prints_the_summary(tmp_path: Path, tiny_config: Path) -> None:
+    folder = run(load_config(tiny_config, ["train.epochs=1"]), tmp_path).folder
+    result = CliRunner().invoke(app, ["show", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "final.test_acc" in result.stdout and "done" in result.stdout
+    missing = CliRunner().invoke(app, ["show", str(tmp_path / "nope")])
+    assert missing.exit_code == 2
+    assert missing.stderr == f"error: {tmp_path / 'nope' / 'summary.json'}: missing (the run did not finish)\n"
