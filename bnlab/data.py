@@ -236,7 +236,14 @@ def load_raw(cfg: DataConfig) -> RawDataset:
     paths = tuple(folder / name if (folder / name).is_file() else folder / f"{name}.gz" for name in FILES)
     # Size and mtime are in the key so that a file replaced on disk is read again.
     stats = tuple((path.stat().st_size, path.stat().st_mtime_ns) for path in paths)
-    raw = _load_files(cfg.dataset, paths, stats, source)
+    try:
+        raw = _load_files(cfg.dataset, paths, stats, source)
+    except DataError:
+        if cfg.verify:  # a file that fails its published hash says more than where its parse broke
+            for check in _file_checks(cfg.dataset, folder):
+                if check.sha256:
+                    _check_hash(cfg.dataset, check.name, check.sha256, check.path, source)
+        raise
     if cfg.verify:
         for name, path in zip(FILES, paths, strict=True):
             _check_hash(cfg.dataset, name, raw.sha256[name], path, source)

@@ -13,6 +13,8 @@ import pytest
 
 # Tests never fall through to the user's cache, Debian's copy or the network by accident.
 os.environ.setdefault("BNLAB_CACHE", "/nonexistent-bnlab-cache-for-tests")
+os.environ["BNLAB_NO_NPM"] = "1"
+os.environ["BNLAB_MIRRORS"] = "http://127.0.0.1:9/"  # the discard port: refused at once
 os.environ.pop("BNLAB_DATA", None)
 os.environ.pop("BNLAB_RUNS", None)
 
