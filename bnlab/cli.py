@@ -97,6 +97,78 @@ def run(
     typer.echo(f"wrote {outcome.folder} ({result}, {summary['timings']['seconds_total']:.1f} s)")
 
 
+@app.command()
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="A sweep spec: base, grid, seeds")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="field=value, applied to the base")] = None,
+    executor: Annotated[str, typer.Option(help="local (worker processes) or ray")] = "local",
+    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes (default: per machine)")] = None,
+    address: Annotated[str | None, typer.Option(help="HOST:PORT of a Ray cluster to join")] = None,
+    stack: Annotated[str, typer.Option(help="auto: train compatible runs together as one stacked model; off")] = "auto",
+    max_stack: Annotated[int, typer.Option(min=1, help="Most runs in one stack")] = 10,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed runs again")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and an estimate; run nothing")] = False,
+    runs_dir: RunsDir = None,
+) -> None:
+    """Run a grid of configs; resumable: run the same command again to finish what is left."""
+    from rich.console import Console
+
+    from bnlab.progress import SweepLiveView, SweepPlainView
+    from bnlab.spec import load_sweep
+    from bnlab.sweep import Interrupted, SweepOptions, describe_plan, run_sweep
+
+    console = Console()
+    options = SweepOptions(executor=executor, workers=workers, address=address, stack=stack,
+                           max_stack=max_stack, retry_failed=retry_failed)
+    with user_errors():
+        plan = load_sweep(spec, overrides or [])
+        if dry_run:
+            typer.echo(describe_plan(plan, runs_dir, options))
+            return
+        view = SweepLiveView(console) if console.is_terminal else SweepPlainView(console)
+        try:
+            with view:
+                state = run_sweep(plan, runs_dir, options, on_event=view)
+        except Interrupted as stop:
+            typer.echo(f"interrupted by {stop}: finished runs are kept; run the same command again to resume",
+                       err=True)
+            raise typer.Exit(code=128 + stop.signum) from None
+    counts = state.counts
+    typer.echo(f"sweep {plan.name}: {counts['done']} done, {counts['diverged']} diverged, {counts['failed']} failed "
+               f"this time; {state.skipped} already finished; results in "
+               f"{Path(runs_dir or _default_runs()) / plan.name / 'results.csv'}")
+    for run_id, error in sorted(state.failures.items()):
+        typer.echo(f"  failed {run_id}: {error}", err=True)
+    if state.failures:
+        typer.echo("re-run with --retry-failed to try the failed runs again", err=True)
+        raise typer.Exit(code=1)
+
+
+def _default_runs() -> Path:
+    from bnlab.records import runs_dir
+
+    return runs_dir(None)
+
+
+@app.command("ls")
+def list_runs(
+    path: Annotated[Path | None, typer.Argument(help="A sweep folder, a run folder or a runs root")] = None,
+    where: Annotated[list[str] | None, typer.Option("--where", help="field=value filter, e.g. model.bn=after")] = None,
+    sort: Annotated[str | None, typer.Option(help="Column to sort by, e.g. test_acc or train.lr")] = None,
+) -> None:
+    """List runs as a table: name, id, varied fields, status, final test accuracy, time."""
+    from rich.console import Console
+
+    from bnlab.listing import runs_table
+
+    with user_errors():
+        table = runs_table(path or _default_runs(), where or [], sort)
+    console = Console()
+    if not console.is_terminal:
+        console.width = 240  # a pipe or a file: don't squeeze columns to 80
+    console.print(table)
+
+
 @config_app.command("show")
 def config_show(args: ConfigAndOverrides = None) -> None:
     """Print the resolved config (defaults filled, overrides applied) as YAML."""

@@ -65,3 +65,122 @@ class PlainRunView:
             )
         elif event["kind"] == "end" and event["status"] == "diverged":
             self.console.print(f"{self.label} diverged (non-finite loss)", highlight=False)
+
+
+# --- sweeps --------------------------------------------------------------------------------------
+
+_STATE_STYLE = {"done": "green", "diverged": "yellow", "failed": "red", "running": "cyan"}
+
+
+def _eta_seconds(state: Any, workers: int) -> float | None:
+    if not state.seconds_per_run:
+        return None
+    remaining = state.total - state.skipped - sum(state.counts.values())
+    return remaining * (sum(state.seconds_per_run) / len(state.seconds_per_run)) / max(workers, 1)
+
+
+def _fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def sweep_headline(state: Any, workers: int = 1) -> str:
+    finished = state.skipped + sum(state.counts.values())
+    return (f"{state.sweep.name}: {finished}/{state.total} finished ({state.skipped} before this start), "
+            f"{len(state.running)} running, {state.counts['diverged']} diverged, {state.counts['failed']} failed, "
+            f"ETA {_fmt_seconds(_eta_seconds(state, workers))}")
+
+
+def _grid_axes(axes: dict[str, list[Any]]) -> tuple[str | None, str | None]:
+    """Rows and columns of the compact grid: batch size x lr when both vary, else the first two."""
+    names = list(axes)
+    preferred = [name for name in ("train.batch_size", "train.lr") if name in axes]
+    chosen = preferred if len(preferred) == 2 else (preferred + [n for n in names if n not in preferred])[:2]
+    return (chosen[0] if chosen else None), (chosen[1] if len(chosen) > 1 else None)
+
+
+def sweep_grid(state: Any) -> Any:
+    """Each cell: finished/total runs over every other axis and seed, coloured by the worst state."""
+    from rich.table import Table
+
+    from bnlab.spec import cell_values
+
+    row_axis, col_axis = _grid_axes(state.sweep.axes)
+    rows = state.sweep.axes.get(row_axis, [None]) if row_axis else [None]
+    cols = state.sweep.axes.get(col_axis, [None]) if col_axis else [None]
+    table = Table(show_edge=False, pad_edge=False, box=None)
+    table.add_column(f"{row_axis or ''} \\ {col_axis or ''}", style="bold")
+    for col in cols:
+        table.add_column(str(col) if col_axis else "runs", justify="center")
+    fields = [axis for axis in (row_axis, col_axis) if axis]
+    cells: dict[tuple[Any, Any], list[str]] = {}
+    for cfg in state.sweep.configs:
+        values = cell_values(cfg, fields)
+        key = (repr(values.get(row_axis)), repr(values.get(col_axis)))
+        cells.setdefault(key, []).append(state.status.get(cfg.run_id(), "queued"))
+    for row in rows:
+        rendered = []
+        for col in cols:
+            statuses = cells.get((repr(row), repr(col)), [])
+            finished = sum(status in ("done", "diverged", "failed") for status in statuses)
+            worst = next((s for s in ("failed", "diverged", "running", "done") if s in statuses), None)
+            style = _STATE_STYLE.get(worst or "", "dim") if worst != "done" or finished == len(statuses) else "dim"
+            rendered.append(f"[{style}]{finished}/{len(statuses)}[/]")
+        table.add_row(str(row) if row_axis else "all", *rendered)
+    return table
+
+
+class SweepLiveView:
+    def __init__(self, console: Console) -> None:
+        from rich.live import Live
+
+        self.console = console
+        self.live = Live(console=console, refresh_per_second=4, transient=False)
+        self.workers = 1
+
+    def __enter__(self) -> SweepLiveView:
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.stop()
+
+    def __call__(self, kind: str, state: Any, payload: Any) -> None:
+        from rich.console import Group as RenderGroup
+
+        if kind == "plan":
+            self.workers = payload["workers"]
+        self.live.update(RenderGroup(sweep_headline(state, self.workers), sweep_grid(state)))
+
+
+class SweepPlainView:
+    """One line per finished run, for logs and pipes."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.workers = 1
+
+    def __enter__(self) -> SweepPlainView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __call__(self, kind: str, state: Any, payload: Any) -> None:
+        from bnlab.spec import cell_values
+
+        if kind == "plan":
+            self.workers = payload["workers"]
+            self.console.print(f"{sweep_headline(state, self.workers)}; {len(payload['groups'])} group(s) to train "
+                               f"on {payload['workers']} worker(s) x {payload['threads']} thread(s)",
+                               highlight=False, soft_wrap=True)
+        elif kind == "run":
+            cfg = next(c for c in state.sweep.configs if c.run_id() == payload["run_id"])
+            cell = " ".join(f"{k}={v}" for k, v in cell_values(cfg, list(state.sweep.axes)).items())
+            test_acc = (payload.get("final") or {}).get("test_acc")
+            result = f"test_acc {100 * test_acc:.2f}%" if test_acc is not None else payload.get("error") or ""
+            finished = state.skipped + sum(state.counts.values())
+            self.console.print(f"[{finished}/{state.total}] {payload['status']:8s} {payload['run_id']} {cell} "
+                               f"seed={cfg.seed} {result}", highlight=False, soft_wrap=True, markup=False)

@@ -153,3 +153,50 @@ def finished_summary(folder: Path) -> dict[str, Any] | None:
     if config.run_id() != folder.name or summary.get("run_id") != folder.name:
         return None
     return summary
+
+
+def run_folders(path: Path) -> list[Path]:
+    """Every run folder at or under `path`: a folder holding a config.yaml or a summary.json."""
+    if (path / CONFIG).exists() or (path / SUMMARY).exists():
+        return [path]
+    found = {p.parent for name in (CONFIG, SUMMARY) for p in path.rglob(name)}
+    return sorted(found)
+
+
+def read_runs(path: Path) -> Any:
+    """One row per run folder under `path` (a pandas DataFrame): the config flattened to dotted
+    columns, status (done | diverged | failed | unfinished | damaged), final metrics, seconds.
+    A damaged folder is a row with its problem in `problem`, never an exception."""
+    import pandas as pd
+
+    if not path.exists():
+        raise RecordsError(f"{path}: no such folder")
+    rows = []
+    for folder in run_folders(path):
+        row: dict[str, Any] = {"path": str(folder), "run_id": folder.name}
+        try:
+            config = read_config(folder)
+            row |= {"name": config.name, **_flatten(config.model_dump())}
+            if config.run_id() != folder.name:
+                raise RecordsError(f"{folder / CONFIG}: does not match its folder (run id {config.run_id()})")
+            if not (folder / SUMMARY).exists():
+                row["status"] = "unfinished"
+            else:
+                summary = read_summary(folder)
+                row |= {"status": summary["status"], "seconds": (summary.get("timings") or {}).get("seconds_total"),
+                        "error": summary.get("error"), "engine": summary.get("engine")}
+                row |= {f"final.{key}": value for key, value in (summary.get("final") or {}).items()}
+        except BnlabError as err:
+            row |= {"status": "damaged", "problem": str(err)}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, Mapping):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = value
+    return flat

@@ -58,41 +58,81 @@ def provenance() -> dict[str, Any]:
     }
 
 
-def build_summary(cfg: Config, result: RunResult, splits: Splits, engine: str = "solo",
-                  stack_size: int = 1) -> dict[str, Any]:
+@dataclass
+class Trained:
+    """What an executor hands back for one run: everything the run folder needs, picklable, no
+    tensors (weights travel as torch.save bytes, so pipes and Ray move plain bytes)."""
+
+    config: Config
+    result: RunResult | None  # None when the run raised
+    weights: bytes
+    dataset: dict[str, Any]
+    engine: str = "solo"
+    stack_size: int = 1
+    error: str | None = None
+    traceback: str | None = None
+
+    @property
+    def status(self) -> str:
+        return "failed" if self.result is None else self.result.status
+
+
+def dataset_info(cfg: Config, splits: Splits) -> dict[str, Any]:
+    return {"name": cfg.data.dataset, "source": splits.source, "sha256": splits.sha256, "verified": cfg.data.verify}
+
+
+def weights_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    return buffer.getvalue()
+
+
+def trained(cfg: Config, result: RunResult, splits: Splits, engine: str = "solo", stack_size: int = 1) -> Trained:
+    weights = weights_bytes(result.state_dict)
+    result.state_dict = {}
+    return Trained(cfg, result, weights, dataset_info(cfg, splits), engine, stack_size)
+
+
+def build_summary(run: Trained) -> dict[str, Any]:
+    cfg, result = run.config, run.result
+    outcome: dict[str, Any] = {"status": run.status}
+    if result is not None:
+        outcome |= {"final": result.final, "best": result.best, "diverged_step": result.diverged_step,
+                    "timings": result.timings, "device": result.device}
+    else:
+        outcome |= {"error": run.error}
     return {
         "name": cfg.name,
         "run_id": cfg.run_id(),
-        "status": result.status,
         "seed": cfg.seed,
-        "final": result.final,
-        "best": result.best,
-        "diverged_step": result.diverged_step,
-        "timings": result.timings,
-        "engine": engine,
-        "stack_size": stack_size,
-        "device": result.device,
-        "dataset": {"name": cfg.data.dataset, "source": splits.source, "sha256": splits.sha256,
-                    "verified": cfg.data.verify},
+        **outcome,
+        "engine": run.engine,
+        "stack_size": run.stack_size,
+        "dataset": run.dataset,
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **provenance(),
     }
 
 
-def write_run(folder: Path, cfg: Config, result: RunResult, summary: dict[str, Any]) -> None:
-    """The run folder of DESIGN.md; summary.json last."""
+def write_run(folder: Path, run: Trained) -> dict[str, Any]:
+    """The run folder of DESIGN.md, summary.json last; a failed run gets error.txt instead of
+    metrics. Returns the summary."""
+    cfg, result = run.config, run.result
     records = RunFolder(folder)
     records.start(cfg)
-    records.write_csv("epochs.csv", result.epochs)
-    records.write_csv("steps.csv", result.steps)
-    records.write_csv("probes.csv", result.probes)
-    records.write_csv("evals.csv", result.evals)
-    records.write_bytes("plots/learning_curves.png",
-                        learning_curves_png(result.epochs, result.steps, f"{cfg.name} {cfg.run_id()}"))
-    weights = io.BytesIO()
-    torch.save(result.state_dict, weights)
-    records.write_bytes("model.pt", weights.getvalue())
+    if result is None:
+        records.write_text("error.txt", run.traceback or run.error or "")
+    else:
+        records.write_csv("epochs.csv", result.epochs)
+        records.write_csv("steps.csv", result.steps)
+        records.write_csv("probes.csv", result.probes)
+        records.write_csv("evals.csv", result.evals)
+        records.write_bytes("plots/learning_curves.png",
+                            learning_curves_png(result.epochs, result.steps, f"{cfg.name} {cfg.run_id()}"))
+        records.write_bytes("model.pt", run.weights)
+    summary = build_summary(run)
     records.finish(summary)
+    return summary
 
 
 def run(cfg: Config, runs_root: str | Path | None = None, force: bool = False,
@@ -104,7 +144,5 @@ def run(cfg: Config, runs_root: str | Path | None = None, force: bool = False,
     if existing is not None and not force:
         return RunOutcome(folder, existing, skipped=True)
     splits = load_dataset(cfg.data, device)
-    result = train(cfg, splits, on_event)
-    summary = build_summary(cfg, result, splits)
-    write_run(folder, cfg, result, summary)
+    summary = write_run(folder, trained(cfg, train(cfg, splits, on_event), splits))
     return RunOutcome(folder, summary, skipped=False)

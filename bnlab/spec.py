@@ -1,0 +1,160 @@
+"""Sweep specs: a base config, a grid of dotted fields, and seeds, expanded into run configs.
+
+Every cell is validated before anything runs, so a bad value anywhere in the grid is one line
+naming the field and the value, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bnlab.config import (
+    NAME_PATTERN,
+    Config,
+    apply_overrides,
+    check_dotted_path,
+    describe,
+    read_yaml_mapping,
+    set_dotted,
+    validate,
+)
+from bnlab.errors import ConfigError
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = None  # the sweep folder's name; default: the spec file's stem
+    base: str | dict[str, Any] = Field(default_factory=dict)  # a config file (relative to the spec) or inline
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str | None) -> str | None:
+        if name is not None and not re.match(NAME_PATTERN, name):
+            raise ValueError(f"must be 1-100 letters, digits, '.', '_', '+' or '-', starting with a letter or "
+                             f"digit, so it stays inside runs/ (got {name!r})")
+        return name
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds repeat (got {seeds})")
+        return seeds
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A spec resolved against its file: the name, the base and every run's config."""
+
+    name: str
+    spec_text: str  # the spec as given, recorded in the sweep folder
+    base: Config
+    axes: dict[str, list[Any]]  # dotted field -> values, in the spec's order
+    seeds: list[int]
+    configs: list[Config]  # grid order, seeds innermost
+
+    @property
+    def varied(self) -> list[str]:
+        return [*self.axes, "seed"]
+
+
+def _grid_key(values: dict[str, Any]) -> str:
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+def load_sweep(path: Path, overrides: Sequence[str] = ()) -> Sweep:
+    """Read and expand a sweep spec; `overrides` apply to the base. ConfigError on any bad cell."""
+    raw = read_yaml_mapping(path)
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {describe_spec(err)}") from None
+    if isinstance(spec.base, str):
+        base_path = (path.parent / spec.base) if not Path(spec.base).is_absolute() else Path(spec.base)
+        base_raw = read_yaml_mapping(base_path)
+        base_source = f"{path}: base {base_path}"
+    else:
+        base_raw = copy.deepcopy(spec.base)
+        base_source = f"{path}: base"
+    name = spec.name or path.stem
+    if not re.match(NAME_PATTERN, name):
+        raise ConfigError(f"{path}: name: the file's stem {name!r} is not a usable folder name; set `name:`")
+    base_raw["name"] = name
+    try:
+        apply_overrides(base_raw, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    base = validate(base_raw, base_source)
+
+    for field, values in spec.grid.items():
+        try:
+            check_dotted_path(field.split("."))
+        except ConfigError as err:
+            raise ConfigError(f"{path}: grid.{err}") from None
+        if field in ("name", "seed"):
+            raise ConfigError(f"{path}: grid.{field}: not a grid axis; use `seeds:` for seeds")
+        if not values:
+            raise ConfigError(f"{path}: grid.{field}: empty list; give at least one value")
+        keys = [_grid_key(value) for value in values]
+        if len(set(keys)) != len(keys):
+            raise ConfigError(f"{path}: grid.{field}: values repeat (got {values})")
+
+    configs = []
+    for cell in itertools.product(*spec.grid.values()):
+        cell_raw = copy.deepcopy(base_raw)
+        for field, value in zip(spec.grid, cell, strict=True):
+            set_dotted(cell_raw, field.split("."), value)
+        for seed in spec.seeds:
+            cell_raw["seed"] = seed
+            try:
+                configs.append(Config.model_validate(cell_raw))
+            except ValidationError as err:
+                where = ", ".join(f"{field}={value!r}" for field, value in zip(spec.grid, cell, strict=True))
+                raise ConfigError(f"{path}: grid cell {where or '(base)'} seed={seed}: {describe(err)}") from None
+    return Sweep(name=name, spec_text=path.read_text(), base=base, axes=dict(spec.grid),
+                 seeds=list(spec.seeds), configs=configs)
+
+
+def describe_spec(err: ValidationError) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"{field}: unknown field; allowed: {', '.join(SweepSpec.model_fields)}"
+    return f"{field}: {first['msg'].removeprefix('Value error, ')} (got {first.get('input')!r})"
+
+
+def changed_base_fields(old: Config, new: Config) -> list[str]:
+    """Dotted fields whose base values differ (the name aside)."""
+    return sorted(_diff(old.model_dump(exclude={"name"}), new.model_dump(exclude={"name"})))
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [field for key in old.keys() | new.keys()
+                for field in _diff(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def cell_values(cfg: Config, fields: Sequence[str]) -> dict[str, Any]:
+    """The value of each dotted field in `cfg` (for tables and labels)."""
+    dumped = cfg.model_dump()
+    values = {}
+    for field in fields:
+        node: Any = dumped
+        for part in field.split("."):
+            node = node[part]
+        values[field] = node
+    return values
+

@@ -1,0 +1,305 @@
+"""Running a sweep: plan groups, skip finished runs, execute, write each run as it comes back.
+
+The sweep folder runs/<name>/ holds the spec as given (spec.yaml), the resolved base
+(sweep.json), one run folder per run, and results.csv. Only this driver writes there, under a
+file lock: a second sweep on the same folder is refused, and a lock left by a killed sweep is
+released by the operating system with its process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bnlab.config import Config, validate
+from bnlab.errors import BnlabError, ConfigError
+from bnlab.executors import Group, LocalExecutor, RayExecutor, import_ray
+from bnlab.records import atomic_write, csv_bytes, finished_summary, json_bytes, runs_dir
+from bnlab.spec import Sweep, cell_values, changed_base_fields
+
+RESULT_METRICS = ("train_loss", "train_acc", "val_acc", "test_loss", "test_acc")
+SWEEP_STATE = "sweep.json"
+DEFAULT_MAX_STACK = 10
+
+
+class SweepLocked(BnlabError):
+    """Another sweep holds the folder."""
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@dataclass
+class SweepOptions:
+    executor: str = "local"  # local | ray
+    workers: int | None = None  # None: chosen for this machine (see plan_workers)
+    address: str | None = None
+    stack: str = "auto"  # auto | off
+    max_stack: int = DEFAULT_MAX_STACK
+    retry_failed: bool = False
+
+
+@dataclass
+class SweepState:
+    """What the driver knows while a sweep runs; the progress views read it."""
+
+    sweep: Sweep
+    total: int
+    counts: dict[str, int] = field(default_factory=lambda: {"done": 0, "diverged": 0, "failed": 0})
+    skipped: int = 0
+    running: set[str] = field(default_factory=set)
+    status: dict[str, str] = field(default_factory=dict)  # run id -> done | diverged | failed | running
+    failures: dict[str, str] = field(default_factory=dict)  # run id -> error
+    seconds_per_run: list[float] = field(default_factory=list)
+
+
+Event = Callable[[str, SweepState, Any], None]
+
+
+# --- planning ------------------------------------------------------------------------------------
+
+
+def plan_groups(configs: Sequence[Config], stack: str, max_stack: int) -> list[Group]:
+    """Deterministic groups: runs that can share a stack, in sorted run-id order, cut into
+    near-equal stacks of at most `max_stack`. A function of the whole spec, not of what is
+    finished, so a resumed sweep trains every run in the same company and gets the same numbers."""
+    ordered = sorted(configs, key=Config.run_id)
+    if stack == "off" or max_stack <= 1:
+        return [Group((cfg,), stacked=False) for cfg in ordered]
+    if stack != "auto":
+        raise ConfigError(f"--stack: {stack!r} is not allowed; allowed: auto, off")
+    from bnlab.stacked import stack_key
+
+    buckets: dict[Any, list[Config]] = {}
+    for cfg in ordered:
+        buckets.setdefault(stack_key(cfg), []).append(cfg)
+    groups = []
+    for members in buckets.values():
+        count = math.ceil(len(members) / max_stack)
+        size = math.ceil(len(members) / count)
+        for start in range(0, len(members), size):
+            chunk = tuple(members[start : start + size])
+            groups.append(Group(chunk, stacked=len(chunk) > 1))
+    return sorted(groups, key=lambda group: group.run_ids[0])
+
+
+def plan_workers(options: SweepOptions, stacked: bool) -> tuple[int, int]:
+    """(worker processes, torch threads each). Stacking and processes recover the same
+    per-step overhead, so they don't multiply: with stacks, one process using every core
+    (measured faster here than two single-thread processes); without, one process per core."""
+    cores = os.cpu_count() or 1
+    if options.workers is not None:
+        workers = max(1, options.workers)
+        return workers, max(1, cores // workers)
+    if stacked:
+        return 1, cores
+    return cores, 1
+
+
+def estimate_seconds(cfg: Config, n_train: int = 55000) -> float:
+    """A rough solo-run time for --dry-run: per-step overhead plus matmul work at a modest
+    CPU rate (measured on a 2-core laptop-class machine; a guide, not a promise)."""
+    widths = [784, *cfg.model.hidden, 10]
+    flops_per_sample = 6 * sum(a * b for a, b in zip(widths, widths[1:], strict=False))
+    steps = cfg.train.steps or math.ceil((n_train if cfg.data.train_subset is None else cfg.data.train_subset)
+                                         / cfg.train.batch_size) * cfg.train.epochs
+    return steps * (0.0012 + cfg.train.batch_size * flops_per_sample / 25e9)
+
+
+# --- the sweep folder ------------------------------------------------------------------------------
+
+
+def sweep_folder(sweep: Sweep, root: str | Path | None) -> Path:
+    return runs_dir(root) / sweep.name
+
+
+def check_base_unchanged(folder: Path, sweep: Sweep) -> None:
+    """Refuse a changed `base` for an existing sweep: its finished runs would no longer be
+    comparable with the new ones. Grid axes (old or new) may change freely."""
+    import json
+
+    state_path = folder / SWEEP_STATE
+    if not state_path.exists():
+        return
+    try:
+        state = json.loads(state_path.read_text())
+        old_base = validate(state["base"], str(state_path))
+        old_axes = set(state.get("axes", []))
+    except (ValueError, KeyError, TypeError, BnlabError):
+        raise ConfigError(f"{state_path}: damaged; move it away to treat the folder as a new sweep") from None
+    changed = [name for name in changed_base_fields(old_base, sweep.base)
+               if name not in old_axes and name not in sweep.axes]
+    if changed:
+        first = changed[0]
+        old_value, new_value = (cell_values(cfg, [first])[first] for cfg in (old_base, sweep.base))
+        more = f" (and {', '.join(changed[1:])})" if len(changed) > 1 else ""
+        raise ConfigError(
+            f"{folder}: base field {first} changed ({old_value!r} -> {new_value!r}){more} since this sweep "
+            "started; keep it, or give the spec a new name: to start a new sweep"
+        )
+
+
+def result_row(summary: dict[str, Any], cfg: Config, sweep: Sweep) -> dict[str, Any]:
+    final = summary.get("final") or {}
+    return {
+        "run_id": cfg.run_id(),
+        **{f: v for f, v in cell_values(cfg, list(sweep.axes)).items()},
+        "seed": cfg.seed,
+        "status": summary.get("status"),
+        **{metric: final.get(metric) for metric in RESULT_METRICS},
+        "best_val_acc": (summary.get("best") or {}).get("val_acc"),
+        "seconds": (summary.get("timings") or {}).get("seconds_total"),
+        "engine": summary.get("engine"),
+        "stack_size": summary.get("stack_size"),
+        "error": summary.get("error"),
+    }
+
+
+class _Lock:
+    """filelock's lock (an OS-level flock, so a SIGKILLed holder releases it), plus the pid of
+    the holder for the message."""
+
+    def __init__(self, folder: Path) -> None:
+        from filelock import FileLock
+
+        self.folder = folder
+        self.lock = FileLock(folder / ".lock")
+        self.pid_file = folder / ".lock.pid"
+
+    def __enter__(self) -> _Lock:
+        from filelock import Timeout
+
+        try:
+            self.lock.acquire(timeout=0)
+        except Timeout:
+            holder = self.pid_file.read_text().strip() if self.pid_file.exists() else "unknown"
+            raise SweepLocked(f"{self.folder}: another bnlab sweep (pid {holder}) is running on this folder; "
+                              "wait for it to finish or stop it") from None
+        self.pid_file.write_text(str(os.getpid()))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pid_file.unlink(missing_ok=True)
+        self.lock.release()
+
+
+# --- running -------------------------------------------------------------------------------------
+
+
+def _raise_interrupted(signum: int, _frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def run_sweep(sweep: Sweep, root: str | Path | None = None, options: SweepOptions | None = None,
+              on_event: Event | None = None) -> SweepState:
+    """Run every unfinished run of `sweep`; returns the final state. Raises Interrupted on
+    SIGINT/SIGTERM after stopping workers (finished runs are kept)."""
+    from bnlab.runner import write_run
+    from bnlab.train import resolve_device
+
+    options = options or SweepOptions()
+    emit = on_event or (lambda kind, state, payload: None)
+    for device in {cfg.device for cfg in sweep.configs}:
+        resolve_device(device)  # a missing device is bad input: refuse before anything runs
+    if options.executor not in ("local", "ray"):
+        raise ConfigError(f"--executor: {options.executor!r} is not allowed; allowed: local, ray")
+    if options.executor == "ray":
+        import_ray()  # says how to install it, before anything is planned or written
+    folder = sweep_folder(sweep, root)
+    check_base_unchanged(folder, sweep)
+    groups = plan_groups(sweep.configs, options.stack, options.max_stack)
+    workers, threads = plan_workers(options, any(group.stacked for group in groups))
+    executor = (RayExecutor(options.address, threads) if options.executor == "ray"
+                else LocalExecutor(workers, threads))
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with _Lock(folder):
+        check_base_unchanged(folder, sweep)
+        atomic_write(folder / "spec.yaml", sweep.spec_text.encode())
+        atomic_write(folder / SWEEP_STATE, json_bytes({"name": sweep.name, "base": sweep.base.model_dump(),
+                                                       "axes": list(sweep.axes), "seeds": sweep.seeds}))
+        state = SweepState(sweep, total=len(sweep.configs))
+        rows: dict[str, dict[str, Any]] = {}
+        finished: dict[str, dict[str, Any]] = {}
+        for cfg in sweep.configs:
+            summary = finished_summary(folder / cfg.run_id())
+            if summary is not None and not (options.retry_failed and summary["status"] == "failed"):
+                finished[cfg.run_id()] = summary
+                rows[cfg.run_id()] = result_row(summary, cfg, sweep)
+                state.status[cfg.run_id()] = summary["status"]
+                state.skipped += 1
+        todo = [group for group in groups if any(run_id not in finished for run_id in group.run_ids)]
+        _write_results(folder, rows)
+        emit("plan", state, {"groups": todo, "workers": workers, "threads": threads})
+
+        def on_start(group: Group) -> None:
+            state.running |= {run_id for run_id in group.run_ids if run_id not in finished}
+            for run_id in state.running:
+                state.status[run_id] = "running"
+            emit("start", state, group)
+
+        def on_done(group: Group, records: list[Any]) -> None:
+            for record in records:
+                run_id = record.config.run_id()
+                if run_id in finished:
+                    continue  # trained again only as a member of its stack; its record stands
+                summary = write_run(folder / run_id, record)
+                finished[run_id] = summary
+                rows[run_id] = result_row(summary, record.config, sweep)
+                state.running.discard(run_id)
+                state.status[run_id] = summary["status"]
+                state.counts[summary["status"]] += 1
+                if summary["status"] == "failed":
+                    state.failures[run_id] = summary.get("error") or ""
+                if record.result is not None:
+                    state.seconds_per_run.append(record.result.timings["seconds_total"] / record.stack_size)
+                emit("run", state, summary)
+            _write_results(folder, rows)
+
+        previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            executor.run(todo, on_start, on_done)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    emit("end", state, None)
+    return state
+
+
+def _write_results(folder: Path, rows: dict[str, dict[str, Any]]) -> None:
+    ordered = [rows[run_id] for run_id in sorted(rows)]
+    atomic_write(folder / "results.csv", csv_bytes(ordered) if ordered else b"run_id,status\n")
+
+
+def describe_plan(sweep: Sweep, root: str | Path | None, options: SweepOptions) -> str:
+    """What --dry-run prints: counts, what varies, the stack plan, the executor, a time estimate."""
+    groups = plan_groups(sweep.configs, options.stack, options.max_stack)
+    folder = sweep_folder(sweep, root)
+    finished = {cfg.run_id() for cfg in sweep.configs if finished_summary(folder / cfg.run_id()) is not None}
+    todo = [group for group in groups if any(run_id not in finished for run_id in group.run_ids)]
+    workers, threads = plan_workers(options, any(group.stacked for group in groups))
+    cells = len(sweep.configs) // len(sweep.seeds)
+    lines = [f"sweep {sweep.name}: {len(sweep.configs)} runs ({cells} cell(s) x {len(sweep.seeds)} seed(s)); "
+             f"{len(finished)} already finished, {len(sweep.configs) - len(finished)} to run, in {folder}"]
+    lines += [f"  varies {axis}: {values}" for axis, values in sweep.axes.items()]
+    lines.append(f"  seeds: {sweep.seeds}")
+    sizes = sorted((len(group.configs) for group in todo), reverse=True)
+    stacked = sum(size for size in sizes if size > 1)
+    lines.append(f"  groups to train: {len(todo)} ({stacked} run(s) in {sum(s > 1 for s in sizes)} stack(s) of "
+                 f"sizes {[s for s in sizes if s > 1]}, {sum(s == 1 for s in sizes)} solo)")
+    for group in todo:
+        lines.append(f"    {'stack' if group.stacked else 'solo '} {len(group.configs):2d}: {' '.join(group.run_ids)}")
+    # A stack of K costs about K/2 solo runs on a small CPU (see docs/stacked.md); a guide only.
+    seconds = sum(estimate_seconds(group.configs[0]) * (len(group.configs) / 2 if group.stacked else 1)
+                  for group in todo) / workers
+    where = f"Ray ({options.address or 'a local instance'})" if options.executor == "ray" else "local"
+    lines.append(f"  executor: {where}, {workers} worker(s) x {threads} thread(s); estimate ~{seconds / 60:.1f} min")
+    return "\n".join(lines)
