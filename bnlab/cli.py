@@ -13,8 +13,10 @@ from typing import Annotated
 import typer
 
 from bnlab import __version__
+from bnlab.cli_claims import claim_app
 from bnlab.cli_data import data_app
 from bnlab.cli_errors import user_errors
+from bnlab.cli_report import report as report_command
 
 app = typer.Typer(
     help="Test claims about batch normalization instead of repeating them.",
@@ -25,6 +27,8 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
+app.add_typer(claim_app, name="claim")
+app.command("report")(report_command)
 
 ConfigAndOverrides = Annotated[
     list[str] | None,
