@@ -1,0 +1,65 @@
+"""`bnlab claim list|test`: the built-in claim suites (configs/claims/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bnlab.cli_errors import user_errors
+
+claim_app = typer.Typer(help="Test claims about BN with the built-in suites.", no_args_is_help=True)
+
+
+@claim_app.command("list")
+def list_claims() -> None:
+    """The claim suites, with the claim each tests."""
+    from bnlab.claims import load_suite, suite_names, suite_path
+
+    with user_errors():
+        for name in suite_names():
+            suite = load_suite(suite_path(name))
+            typer.echo(f"{name:16s} {suite.claim}  ({suite.design})")
+
+
+@claim_app.command("test")
+def test_claim(
+    name: Annotated[str, typer.Argument(help="A suite name from `bnlab claim list`")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="field=value, applied to every arm")] = None,
+    budget: Annotated[str, typer.Option(help="smoke (seconds), quick (minutes) or full (the literature design)")]
+    = "quick",
+    executor: Annotated[str, typer.Option(help="local or ray")] = "local",
+    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes")] = None,
+    address: Annotated[str | None, typer.Option(help="HOST:PORT of a Ray cluster")] = None,
+    stack: Annotated[str, typer.Option(help="auto or off")] = "auto",
+    runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="Where run folders go")] = None,
+) -> None:
+    """Run a claim suite as a sweep (resumable), judge it, and write its report."""
+    from rich.console import Console
+
+    from bnlab.lab import test_claim as run_claim
+    from bnlab.progress import SweepLiveView, SweepPlainView
+    from bnlab.sweep import Interrupted, SweepOptions
+
+    if budget not in ("smoke", "quick", "full"):
+        typer.echo(f"error: --budget: {budget!r} is not allowed; allowed: smoke, quick, full", err=True)
+        raise typer.Exit(code=2)
+    console = Console()
+    options = SweepOptions(executor=executor, workers=workers, address=address, stack=stack)
+    with user_errors():
+        view = SweepLiveView(console) if console.is_terminal else SweepPlainView(console)
+        try:
+            with view:
+                outcome = run_claim(name, budget, overrides or [], runs_dir, options, on_event=view)
+        except Interrupted as stop:
+            typer.echo(f"interrupted by {stop}: finished runs are kept; run the same command again to resume",
+                       err=True)
+            raise typer.Exit(code=128 + stop.signum) from None
+    result = outcome.result
+    typer.echo(f"{result.name}: {result.outcome.upper()} ({result.budget} budget)")
+    typer.echo(result.summary)
+    typer.echo(f"report: {outcome.report_html}")
+    if outcome.state.failures:
+        typer.echo(f"{len(outcome.state.failures)} run(s) failed; see the report", err=True)
+        raise typer.Exit(code=1)

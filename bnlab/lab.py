@@ -1,0 +1,37 @@
+"""Workflows that chain the layers: a claim suite is a sweep, then its analysis, then a report."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bnlab.claims import ClaimResult, analyze, load_suite, suite_path, suite_sweep
+from bnlab.sweep import Event, SweepOptions, SweepState, run_sweep, sweep_folder
+
+
+@dataclass(frozen=True)
+class ClaimOutcome:
+    result: ClaimResult
+    state: SweepState
+    folder: Path
+    report_md: Path
+    report_html: Path
+
+
+def test_claim(name: str, budget: str = "quick", overrides: Sequence[str] = (), runs_root: str | Path | None = None,
+               options: SweepOptions | None = None, on_event: Event | None = None) -> ClaimOutcome:
+    """Run suite `name` at `budget` as a sweep (resumable like any), judge it, write its report
+    into the sweep folder."""
+    from bnlab.report import build_report, write_report
+
+    path = suite_path(name)
+    suite = load_suite(path)
+    sweep = suite_sweep(suite, budget, overrides, path.read_text())
+    state = run_sweep(sweep, runs_root, options, on_event)
+    folder = sweep_folder(sweep, runs_root)
+    command = shlex.join(["bnlab", "claim", "test", name, *overrides, "--budget", budget])
+    result = analyze(suite, sweep, folder, budget, command)
+    markdown, html = write_report(build_report(folder, [result]), folder)
+    return ClaimOutcome(result, state, folder, markdown, html)
