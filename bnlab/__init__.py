@@ -27,3 +27,18 @@ def run(config: Config, **kwargs: Any) -> RunOutcome:
     from bnlab.runner import run as _run
 
     return _run(config, **kwargs)
+
+
+def sweep(spec: Path, overrides: list[str] | tuple[str, ...] = (), **kwargs: Any) -> Any:
+    """Run a sweep spec file; resumable (see bnlab.sweep.run_sweep for the options)."""
+    from bnlab.spec import load_sweep
+    from bnlab.sweep import run_sweep
+
+    return run_sweep(load_sweep(spec, overrides), **kwargs)
+
+
+def report(path: Path, out: Path | None = None) -> tuple[Path, Path]:
+    """Write report.md and report.html for the runs under `path` (into `out`, default `path`)."""
+    from bnlab.report import build_report, write_report
+
+    return write_report(build_report(path), out or path)

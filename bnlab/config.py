@@ -49,6 +49,11 @@ class ModelConfig(_Strict):
     bn_eps: float = Field(1e-5, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     dropout_order: Literal["before_bn", "after_bn"] = "after_bn"
+    # `last`: dropout only in the last hidden block, after the last BN (Li et al.'s recommendation).
+    dropout_layers: Literal["all", "last"] = "all"
+    # BN statistics over ghost batches of this many samples inside each training batch (Hoffer
+    # et al. 2017): more noise in the statistics, the regularizer claim's dose-response.
+    ghost_batch: int | None = Field(None, ge=2)
     init: Literal["default", "he", "xavier", "normal"] = "default"
     init_std: float | None = Field(None, gt=0)  # only for init: normal
 
@@ -58,6 +63,12 @@ class ModelConfig(_Strict):
         if any(width < 1 for width in hidden):
             raise ValueError(f"every hidden width must be >= 1 (got {hidden})")
         return hidden
+
+    @model_validator(mode="after")
+    def _ghost_batch_needs_bn(self) -> ModelConfig:
+        if self.ghost_batch is not None and self.bn == "none":
+            raise ValueError("ghost_batch: only used with model.bn before or after (bn is 'none')")
+        return self
 
     @model_validator(mode="after")
     def _init_std_with_normal(self) -> ModelConfig:
@@ -88,7 +99,11 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    bn_stats: list[Literal["running", "batch"]] = Field(default_factory=lambda: ["running"], min_length=1)
+    # running: the running averages. recalibrated: population statistics re-estimated over one
+    # pass of the training set (Ioffe & Szegedy, Alg. 2). batch: each eval batch's own statistics,
+    # at each of batch_sizes. sorted: the same on class-sorted batches (the non-i.i.d. case).
+    bn_stats: list[Literal["running", "recalibrated", "batch", "sorted"]] = Field(
+        default_factory=lambda: ["running"], min_length=1)
     batch_sizes: list[int] = Field(default_factory=lambda: [1000], min_length=1)
     every_steps: int | None = Field(None, ge=1)
 

@@ -77,14 +77,44 @@ def init_linear_(
                 bias.zero_()
 
 
-def hidden_block(cfg: ModelConfig, n_in: int, width: int) -> list[nn.Module]:
+class GhostBatchNorm1d(nn.BatchNorm1d):
+    """In training, each ghost batch of `ghost_batch` samples is normalised with its own
+    statistics (and updates the running ones); in evaluation it is plain BatchNorm1d."""
+
+    def __init__(self, width: int, ghost_batch: int, **kwargs: float) -> None:
+        super().__init__(width, **kwargs)
+        self.ghost_batch = ghost_batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        batches_before = self.num_batches_tracked.clone()
+        out = torch.cat([super(GhostBatchNorm1d, self).forward(chunk) for chunk in ghost_chunks(x, self.ghost_batch)])
+        self.num_batches_tracked.copy_(batches_before + 1)  # it counts training batches, not ghost batches
+        return out
+
+
+def ghost_chunks(x: torch.Tensor, ghost_batch: int, dim: int = 0) -> list[torch.Tensor]:
+    """Ghost batches along the batch dimension; a trailing single sample (no variance) joins the
+    one before it. Shared by the solo module and the stacked engine so both split alike."""
+    chunks = list(x.split(ghost_batch, dim=dim))
+    if len(chunks) > 1 and chunks[-1].shape[dim] < 2:
+        chunks[-2:] = [torch.cat(chunks[-2:], dim=dim)]
+    return chunks
+
+
+def hidden_block(cfg: ModelConfig, n_in: int, width: int, last: bool = False) -> list[nn.Module]:
     """One hidden layer's modules in order; the placement table lives here and only here."""
     # A Linear whose output is normalised next has no bias: BN's beta subsumes it.
     feeds_bn = cfg.bn == "before"
     linear = nn.Linear(n_in, width, bias=not feeds_bn)
     activation = ACTIVATIONS[cfg.activation]()
-    batch_norm = nn.BatchNorm1d(width, eps=cfg.bn_eps, momentum=cfg.bn_momentum)
-    dropout = [nn.Dropout(cfg.dropout)] if cfg.dropout > 0 else []
+    if cfg.ghost_batch is None:
+        batch_norm = nn.BatchNorm1d(width, eps=cfg.bn_eps, momentum=cfg.bn_momentum)
+    else:
+        batch_norm = GhostBatchNorm1d(width, cfg.ghost_batch, eps=cfg.bn_eps, momentum=cfg.bn_momentum)
+    with_dropout = cfg.dropout > 0 and (cfg.dropout_layers == "all" or last)
+    dropout = [nn.Dropout(cfg.dropout)] if with_dropout else []
     if cfg.bn == "none":
         return [linear, activation, *dropout]
     if cfg.bn == "before":
@@ -102,8 +132,8 @@ def build_model(cfg: ModelConfig, n_inputs: int, n_classes: int, seed: int) -> n
     """Dense stack: hidden blocks, then a plain Linear to the logits (no BN on the output)."""
     modules: list[nn.Module] = []
     n_in = n_inputs
-    for width in cfg.hidden:
-        modules += hidden_block(cfg, n_in, width)
+    for index, width in enumerate(cfg.hidden):
+        modules += hidden_block(cfg, n_in, width, last=index == len(cfg.hidden) - 1)
         n_in = width
     modules.append(nn.Linear(n_in, n_classes))
     linears = [module for module in modules if isinstance(module, nn.Linear)]

@@ -203,7 +203,127 @@ def _probe_units(width: int) -> list[int]:
     return sorted({round(i * (width - 1) / max(count - 1, 1)) for i in range(count)})
 
 
-# --- the loop ------------------------------------------------------------------------------------
+# --- bookkeeping shared by the solo and the stacked engine -------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How many steps a run takes, and which of them log or evaluate: the same for every engine."""
+
+    per_epoch: int
+    total_steps: int
+    epochs: int
+    log_every: int
+    every_steps: int | None
+
+    def steps_in_epoch(self, steps_done: int) -> int:
+        return min(self.per_epoch, self.total_steps - steps_done)
+
+    def logs(self, step: int) -> bool:
+        return step % self.log_every == 0
+
+    def evaluates(self, step: int) -> bool:
+        return self.every_steps is not None and step % self.every_steps == 0
+
+
+def make_schedule(cfg: Config, n_train: int) -> Schedule:
+    per_epoch = batches_per_epoch(n_train, cfg.train.batch_size, cfg.model.bn != "none")
+    if per_epoch == 0:
+        raise ConfigError(
+            f"train.batch_size: {n_train} training image(s) make no batch of >= 2 for BN; "
+            "use more data or model.bn=none"
+        )
+    total_steps = cfg.train.steps or per_epoch * cfg.train.epochs
+    return Schedule(per_epoch, total_steps, math.ceil(total_steps / per_epoch), cfg.train.log_every,
+                    cfg.eval.every_steps)
+
+
+def run_timings(seconds_total: float, seconds_train: float, steps: int, batch_size: int,
+                stack_size: int) -> dict[str, float]:
+    """A stacked run reports its stack's wall time: its throughput is its own samples over it."""
+    return {"seconds_total": seconds_total, "seconds_train": seconds_train, "steps": steps,
+            "samples_per_second": steps * batch_size / seconds_train if seconds_train else 0.0,
+            "stack_size": stack_size}
+
+
+class RunBook:
+    """One run's records, kept the same way by both engines: logged steps, probes, evaluations
+    during training and at each epoch's end, divergence, final evaluations, the state dict.
+
+    `model` is an nn.Sequential shaped by build_model that holds the run's current weights; the
+    stacked engine's are views into its stacked tensors, so nothing is copied to evaluate.
+    """
+
+    def __init__(self, cfg: Config, splits: Splits, model: nn.Sequential, schedule: Schedule,
+                 emit: OnEvent) -> None:
+        self.cfg, self.splits, self.model, self.schedule, self.emit = cfg, splits, model, schedule, emit
+        self.probe = PreActivationProbe(model, splits.train_x[:PROBE_SAMPLES])
+        self.result = RunResult(status="done", device=str(splits.train_x.device))
+        self.result.probes += self.probe.record(0)
+        emit({"kind": "start", "total_steps": schedule.total_steps, "epochs": schedule.epochs,
+              "per_epoch": schedule.per_epoch})
+
+    def record_step(self, step: int, epoch: int, batch: tuple[float, float, float] | None, eval_now: bool) -> bool:
+        """A steps row: `batch` is (loss, accuracy, gradient norm) on a log step, else None.
+        False when the batch loss is not finite: the run has diverged and must stop."""
+        row: dict[str, Any] = {"step": step, "epoch": epoch}
+        if batch is not None:
+            row |= {"train_loss": batch[0], "train_acc": batch[1], "grad_norm": batch[2]}
+            if not math.isfinite(batch[0]):
+                self.result.status, self.result.diverged_step = "diverged", step
+                self.result.steps.append(row)
+                return False
+            self.result.probes += self.probe.record(step)
+        if eval_now:
+            val, test = self.evaluate_epoch()
+            row |= {"val_acc": val["acc"], "test_acc": test["acc"]}
+        self.result.steps.append(row)
+        self.emit({"kind": "step", "step": step, "epoch": epoch, **row})
+        return True
+
+    def epoch_finite(self, step: int, train_loss: float) -> bool:
+        """False once the run has diverged, by a logged step or by this epoch's mean loss."""
+        if self.result.status == "diverged":
+            return False
+        if not math.isfinite(train_loss):
+            self.result.status, self.result.diverged_step = "diverged", step
+            return False
+        return True
+
+    def evaluate_epoch(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Validation and test loss and accuracy with running statistics, as now."""
+        splits = self.splits
+        return (evaluate(self.model, splits.val_x, splits.val_y, "running", 0),
+                evaluate(self.model, splits.test_x, splits.test_y, "running", 0))
+
+    def record_epoch(self, epoch: int, step: int, train_loss: float, train_acc: float,
+                     evaluated: tuple[dict[str, float], dict[str, float]], lr: float, seconds: float,
+                     samples_per_second: float) -> None:
+        val, test = evaluated
+        row = {"epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc,
+               "val_loss": val["loss"], "val_acc": val["acc"], "test_loss": test["loss"], "test_acc": test["acc"],
+               "lr": lr, "seconds": seconds}
+        self.result.epochs.append(row)
+        self.emit({"kind": "epoch", "epochs": self.schedule.epochs, "samples_per_second": samples_per_second, **row})
+
+    def finish(self, step: int, timings: dict[str, float]) -> RunResult:
+        result = self.result
+        if result.status == "done":
+            if not result.probes or result.probes[-1]["step"] != step:
+                result.probes += self.probe.record(step)
+            result.evals = final_evals(self.model, self.splits, self.cfg, result.epochs[-1])
+            result.final = {key: value for key, value in result.epochs[-1].items() if key not in ("epoch", "lr")}
+            best = max(result.epochs, key=lambda row: row["val_acc"] if math.isfinite(row["val_acc"]) else -1)
+            result.best = {"val_acc": best["val_acc"], "epoch": best["epoch"], "test_acc": best["test_acc"]}
+        result.timings = timings
+        # A copy, not the model's tensors: the stacked engine's are views into all K members' storage.
+        state = self.model.state_dict()
+        result.state_dict = {name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()}
+        self.emit({"kind": "end", "status": result.status})
+        return result
+
+
+# --- the solo loop -------------------------------------------------------------------------------
 
 
 def _grad_norm(model: nn.Module) -> torch.Tensor:
@@ -212,43 +332,30 @@ def _grad_norm(model: nn.Module) -> torch.Tensor:
 
 
 def train(cfg: Config, splits: Splits, on_event: OnEvent | None = None) -> RunResult:
-    """Train one config on already-loaded splits; return everything the run folder records."""
+    """Train one config on already-loaded splits; return everything the run folder records.
+    The network computes in the dtype of splits.train_x (float32 from load_dataset; the oracle
+    tests compare engines in float64)."""
     emit = on_event or (lambda event: None)
     device = splits.train_x.device
     started = time.perf_counter()
-    model = build_model(cfg.model, splits.train_x.shape[1], 10, cfg.seed).to(device)
+    model = build_model(cfg.model, splits.train_x.shape[1], 10, cfg.seed).to(device, splits.train_x.dtype)
     optimizer = OPTIMIZERS[cfg.train.optimizer](model.parameters(), cfg.train, device)
     # Dropout draws from the global generator; seed it so the masks repeat run to run.
     torch.manual_seed(stream_seed(cfg.seed, STREAM_DROPOUT))
-
     n_train = len(splits.train_x)
-    has_bn = cfg.model.bn != "none"
-    per_epoch = batches_per_epoch(n_train, cfg.train.batch_size, has_bn)
-    if per_epoch == 0:
-        raise ConfigError(
-            f"train.batch_size: {n_train} training image(s) make no batch of >= 2 for BN; "
-            "use more data or model.bn=none"
-        )
-    total_steps = cfg.train.steps or per_epoch * cfg.train.epochs
-    n_epochs = math.ceil(total_steps / per_epoch)
-    every_steps = cfg.eval.every_steps
-    log_every = cfg.train.log_every
-    probe = PreActivationProbe(model, splits.train_x[:PROBE_SAMPLES])
-    result = RunResult(status="done", device=str(device))
-    result.probes += probe.record(0)
-    emit({"kind": "start", "total_steps": total_steps, "epochs": n_epochs, "per_epoch": per_epoch})
+    schedule = make_schedule(cfg, n_train)
+    book = RunBook(cfg, splits, model, schedule, emit)
 
     step = 0
     train_seconds = 0.0
-    for epoch in range(1, n_epochs + 1):
+    for epoch in range(1, schedule.epochs + 1):
         epoch_started = time.perf_counter()
         model.train()
         permutation = epoch_order(cfg.seed, epoch, n_train, device)
-        loss_sum = torch.zeros((), device=device)
+        loss_sum = torch.zeros((), device=device, dtype=splits.train_x.dtype)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen = 0
-        steps_this_epoch = min(per_epoch, total_steps - step)
-        for batch_index in range(steps_this_epoch):
+        for batch_index in range(schedule.steps_in_epoch(step)):
             indices = permutation[batch_index * cfg.train.batch_size : (batch_index + 1) * cfg.train.batch_size]
             xb, yb = splits.train_x[indices], splits.train_y[indices]
             logits = model(xb)
@@ -256,8 +363,7 @@ def train(cfg: Config, splits: Splits, on_event: OnEvent | None = None) -> RunRe
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             step += 1
-            log_now = step % log_every == 0
-            eval_now = every_steps is not None and step % every_steps == 0
+            log_now, eval_now = schedule.logs(step), schedule.evaluates(step)
             if log_now:
                 grad_norm = _grad_norm(model)
             optimizer.step()
@@ -265,79 +371,65 @@ def train(cfg: Config, splits: Splits, on_event: OnEvent | None = None) -> RunRe
             correct += (logits.detach().argmax(1) == yb).sum()
             seen += len(yb)
             if log_now or eval_now:
-                row: dict[str, Any] = {"step": step, "epoch": epoch}
+                batch = None
                 if log_now:
-                    batch_loss = loss.item()
-                    row |= {
-                        "train_loss": batch_loss,
-                        "train_acc": (logits.argmax(1) == yb).float().mean().item(),
-                        "grad_norm": grad_norm.item(),
-                    }
-                    if not math.isfinite(batch_loss):
-                        result.status, result.diverged_step = "diverged", step
-                        result.steps.append(row)
-                        break
-                    result.probes += probe.record(step)
-                if eval_now:
-                    row["val_acc"] = evaluate(model, splits.val_x, splits.val_y, "running", 0)["acc"]
-                    row["test_acc"] = evaluate(model, splits.test_x, splits.test_y, "running", 0)["acc"]
-                    model.train()
-                result.steps.append(row)
-                emit({"kind": "step", "step": step, "epoch": epoch, **row})
+                    batch = (loss.item(), (logits.argmax(1) == yb).float().mean().item(), grad_norm.item())
+                if not book.record_step(step, epoch, batch, eval_now):
+                    break
+                model.train()  # evaluation left it in eval mode
         epoch_train_seconds = time.perf_counter() - epoch_started
         train_seconds += epoch_train_seconds
         train_loss = (loss_sum / max(seen, 1)).item()
-        if result.status == "diverged" or not math.isfinite(train_loss):
-            result.status = "diverged"
-            result.diverged_step = result.diverged_step or step
+        if not book.epoch_finite(step, train_loss):
             break
-        val = evaluate(model, splits.val_x, splits.val_y, "running", 0)
-        test = evaluate(model, splits.test_x, splits.test_y, "running", 0)
-        epoch_row = {
-            "epoch": epoch,
-            "step": step,
-            "train_loss": train_loss,
-            "train_acc": correct.item() / max(seen, 1),
-            "val_loss": val["loss"],
-            "val_acc": val["acc"],
-            "test_loss": test["loss"],
-            "test_acc": test["acc"],
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - epoch_started,
-        }
-        result.epochs.append(epoch_row)
-        emit({"kind": "epoch", "epochs": n_epochs, "samples_per_second": seen / epoch_train_seconds, **epoch_row})
-
-    if result.status == "done":
-        if not result.probes or result.probes[-1]["step"] != step:
-            result.probes += probe.record(step)
-        result.evals = final_evals(model, splits, cfg, result.epochs[-1])
-        result.final = {key: value for key, value in result.epochs[-1].items() if key not in ("epoch", "lr")}
-        best = max(result.epochs, key=lambda row: row["val_acc"] if math.isfinite(row["val_acc"]) else -1)
-        result.best = {"val_acc": best["val_acc"], "epoch": best["epoch"], "test_acc": best["test_acc"]}
-    result.timings = {
-        "seconds_total": time.perf_counter() - started,
-        "seconds_train": train_seconds,
-        "steps": step,
-        "samples_per_second": step * cfg.train.batch_size / train_seconds if train_seconds else 0.0,
-    }
-    result.state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    emit({"kind": "end", "status": result.status})
-    return result
+        evaluated = book.evaluate_epoch()
+        book.record_epoch(epoch, step, train_loss, correct.item() / max(seen, 1), evaluated,
+                          optimizer.param_groups[0]["lr"], time.perf_counter() - epoch_started,
+                          seen / epoch_train_seconds)
+    timings = run_timings(time.perf_counter() - started, train_seconds, step, cfg.train.batch_size, stack_size=1)
+    return book.finish(step, timings)
 
 
 def final_evals(model: nn.Module, splits: Splits, cfg: Config, last_epoch: dict[str, Any]) -> list[dict[str, Any]]:
-    """Validation and test accuracy per evaluation mode; batch statistics at each eval batch size.
-    Running statistics were just measured at the end of the last epoch: reuse, don't recompute."""
+    """Validation and test accuracy per evaluation mode (EvalConfig.bn_stats); batch statistics
+    at each eval batch size. Running statistics were just measured at the end of the last epoch:
+    reuse, don't recompute."""
     rows = []
     has_bn = cfg.model.bn != "none"
-    # Without BN both modes are the same network: record it once.
+    recalibrated = recalibrated_copy(model, splits.train_x, cfg.train.batch_size) \
+        if has_bn and "recalibrated" in cfg.eval.bn_stats else None
+    # Without BN every mode is the same network: record it once.
     for mode in cfg.eval.bn_stats if has_bn else ["running"]:
-        for size in cfg.eval.batch_sizes if mode == "batch" else [None]:
+        for size in cfg.eval.batch_sizes if mode in ("batch", "sorted") else [None]:
             for split, x, y in (("val", splits.val_x, splits.val_y), ("test", splits.test_x, splits.test_y)):
                 if mode == "running":
                     metrics = {"loss": last_epoch[f"{split}_loss"], "acc": last_epoch[f"{split}_acc"]}
+                elif mode == "recalibrated":
+                    metrics = evaluate(recalibrated, x, y, "running", 0)
+                elif mode == "sorted":
+                    by_class = torch.argsort(y, stable=True)
+                    metrics = evaluate(model, x[by_class], y[by_class], "batch", size or 0)
                 else:
                     metrics = evaluate(model, x, y, mode, size or 0)
                 rows.append({"split": split, "bn_stats": mode, "batch_size": size, **metrics})
     return rows
+
+
+@torch.no_grad()
+def recalibrated_copy(model: nn.Module, train_x: torch.Tensor, batch_size: int) -> nn.Module:
+    """A copy whose BN statistics are re-estimated over one pass of the training set in batches
+    of the training batch size: the cumulative average of batch means and unbiased variances,
+    Ioffe & Szegedy's Alg. 2 (its m/(m-1) correction is BN's unbiased running variance)."""
+    import copy
+
+    copied = copy.deepcopy(model).eval()
+    for module in copied.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # None: a cumulative average rather than an exponential one
+            module.train()
+    for start in range(0, len(train_x) - 1, batch_size):
+        chunk = train_x[start : start + batch_size]
+        if len(chunk) >= 2:
+            copied(chunk)
+    return copied.eval()

@@ -62,3 +62,23 @@ def test_init_scales() -> None:
     normal = build_model(ModelConfig(hidden=[400], init="normal", init_std=0.2, bn="none"), 784, 10, seed=0)[0]
     assert normal.weight.std().item() == pytest.approx(0.2, rel=0.05)
     assert torch.count_nonzero(normal.bias) == 0
+
+
+def test_dropout_only_in_the_last_block() -> None:
+    cfg = ModelConfig(hidden=[8, 8, 4], bn="before", dropout=0.5, dropout_layers="last")
+    kinds = [type(module) for module in build_model(cfg, 12, 10, seed=0)]
+    assert kinds == [L, B, A, L, B, A, L, B, A, D, L]
+
+
+def test_ghost_batch_norm_normalises_each_ghost_batch() -> None:
+    from bnlab.model import GhostBatchNorm1d
+
+    model = build_model(ModelConfig(hidden=[6], bn="before", ghost_batch=4), 5, 10, seed=0)
+    ghost = model[1]
+    assert isinstance(ghost, GhostBatchNorm1d)
+    x = torch.randn(9, 6) * 3 + 1  # ghost batches of 4, 4 and a single sample joined to the last: 4, 5
+    out = ghost.train()(x)
+    for chunk in (out[:4], out[4:]):
+        torch.testing.assert_close(chunk.mean(0), torch.zeros(6), atol=1e-5, rtol=0)
+    reference = nn.BatchNorm1d(6).train()
+    assert not torch.allclose(reference(x), out, atol=1e-3)  # not the whole batch's statistics

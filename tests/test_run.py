@@ -195,3 +195,16 @@ def test_show_prints_the_summary(tmp_path: Path, tiny_config: Path) -> None:
     missing = CliRunner().invoke(app, ["show", str(tmp_path / "nope")])
     assert missing.exit_code == 2
     assert missing.stderr == f"error: {tmp_path / 'nope' / 'summary.json'}: missing (the run did not finish)\n"
+
+
+def test_recalibrated_and_class_sorted_evaluations(tiny_config: Path) -> None:
+    cfg = load_config(tiny_config, ["eval.bn_stats=[running, recalibrated, batch, sorted]",
+                                    "eval.batch_sizes=[50]"])
+    result = train(cfg, load_dataset(cfg.data, torch.device("cpu")))
+    by_mode = {(row["split"], row["bn_stats"], row["batch_size"]): row["acc"] for row in result.evals}
+    assert set(by_mode) == {(split, mode, size) for split in ("val", "test")
+                            for mode, size in (("running", None), ("recalibrated", None), ("batch", 50),
+                                               ("sorted", 50))}
+    # Batches of one class normalise part of the class signal away: below the i.i.d. batches.
+    assert by_mode[("test", "sorted", 50)] < by_mode[("test", "batch", 50)]
+    assert by_mode[("test", "recalibrated", None)] > 0.5
