@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 import yaml
+from run_speed import DEFAULT_DATA, bench_config, reference_epoch
 
 from bnlab.spec import load_sweep
 from bnlab.sweep import SweepOptions, run_sweep
-from run_speed import DEFAULT_DATA, bench_config, reference_epoch
 
 SEEDS = [0, 1, 2, 3, 4]
 LRS = [0.001, 0.002, 0.005, 0.01]
@@ -100,8 +100,8 @@ def main() -> None:
         figures[f"ratio_local_b{batch_size}"] = round(lean / local, 3)
         figures[f"ratio_stacked_b{batch_size}"] = round(lean / stacked, 3)
         figures[f"stacked_over_flop_bound_b{batch_size}"] = round(per_model["stacked"] / bound, 3)
-        print(f"batch {batch_size:4d}: s per model-epoch: lean {per_model['lean']:.3f}, local {per_model['local']:.3f}, "
-              f"stacked {per_model['stacked']:.3f} (FLOP bound {bound:.3f}); throughput vs lean: local "
+        print(f"batch {batch_size:4d}: s per model-epoch: lean {per_model['lean']:.3f}, "
+              f"local {per_model['local']:.3f}, stacked {per_model['stacked']:.3f} (FLOP bound {bound:.3f}); throughput vs lean: local "
               f"{lean / local:.2f}x, stacked {lean / stacked:.2f}x; stacked / FLOP bound "
               f"{per_model['stacked'] / bound:.2f}")
     print(json.dumps(figures))
