@@ -101,8 +101,8 @@ def main() -> None:
         figures[f"ratio_stacked_b{batch_size}"] = round(lean / stacked, 3)
         figures[f"stacked_over_flop_bound_b{batch_size}"] = round(per_model["stacked"] / bound, 3)
         print(f"batch {batch_size:4d}: s per model-epoch: lean {per_model['lean']:.3f}, "
-              f"local {per_model['local']:.3f}, stacked {per_model['stacked']:.3f} (FLOP bound {bound:.3f}); throughput vs lean: local "
-              f"{lean / local:.2f}x, stacked {lean / stacked:.2f}x; stacked / FLOP bound "
+              f"local {per_model['local']:.3f}, stacked {per_model['stacked']:.3f} (FLOP bound {bound:.3f}); "
+              f"throughput vs lean: local {lean / local:.2f}x, stacked {lean / stacked:.2f}x; stacked / FLOP bound "
               f"{per_model['stacked'] / bound:.2f}")
     print(json.dumps(figures))
 
