@@ -25,6 +25,8 @@ from bnlab.spec import Sweep, cell_values, changed_base_fields
 RESULT_METRICS = ("train_loss", "train_acc", "val_acc", "test_loss", "test_acc")
 SWEEP_STATE = "sweep.json"
 DEFAULT_MAX_STACK = 10
+MIN_STACK = 4  # a bucket is split for parallelism only into stacks at least this big
+MIN_STACKS = 2
 
 
 class SweepLocked(BnlabError):
@@ -68,9 +70,13 @@ Event = Callable[[str, SweepState, Any], None]
 
 
 def plan_groups(configs: Sequence[Config], stack: str, max_stack: int) -> list[Group]:
-    """Deterministic groups: runs that can share a stack, in sorted run-id order, cut into
-    near-equal stacks of at most `max_stack`. A function of the whole spec, not of what is
-    finished, so a resumed sweep trains every run in the same company and gets the same numbers."""
+    """Deterministic groups, a function of the spec alone (never of what is finished or of the
+    worker count), so a resumed sweep trains every run in the same company: the same numbers.
+
+    Runs that can share a stack are ordered by (lr, weight decay, momentum, run id), so a stack
+    holds few distinct optimizer groups (each costs 5-10% per step), and cut into near-equal
+    stacks of at most `max_stack`; a bucket of 8 or more makes at least 2 stacks, so both cores
+    of a small machine get one."""
     ordered = sorted(configs, key=Config.run_id)
     if stack == "off" or max_stack <= 1:
         return [Group((cfg,), stacked=False) for cfg in ordered]
@@ -83,7 +89,8 @@ def plan_groups(configs: Sequence[Config], stack: str, max_stack: int) -> list[G
         buckets.setdefault(stack_key(cfg), []).append(cfg)
     groups = []
     for members in buckets.values():
-        count = math.ceil(len(members) / max_stack)
+        members.sort(key=lambda c: (c.train.lr, c.train.weight_decay, c.train.momentum, c.run_id()))
+        count = max(math.ceil(len(members) / max_stack), min(len(members) // MIN_STACK, MIN_STACKS))
         size = math.ceil(len(members) / count)
         for start in range(0, len(members), size):
             chunk = tuple(members[start : start + size])
@@ -91,17 +98,13 @@ def plan_groups(configs: Sequence[Config], stack: str, max_stack: int) -> list[G
     return sorted(groups, key=lambda group: group.run_ids[0])
 
 
-def plan_workers(options: SweepOptions, stacked: bool) -> tuple[int, int]:
-    """(worker processes, torch threads each). Stacking and processes recover the same
-    per-step overhead, so they don't multiply: with stacks, one process using every core
-    (measured faster here than two single-thread processes); without, one process per core."""
+def plan_workers(options: SweepOptions) -> tuple[int, int]:
+    """(worker processes, torch threads each): one single-threaded process per core, measured
+    faster here than one process with a thread per core, with stacks or without (docs/stacked.md:
+    two threads of one process also collapse when another process holds a core)."""
     cores = os.cpu_count() or 1
-    if options.workers is not None:
-        workers = max(1, options.workers)
-        return workers, max(1, cores // workers)
-    if stacked:
-        return 1, cores
-    return cores, 1
+    workers = max(1, options.workers) if options.workers is not None else cores
+    return workers, max(1, cores // workers)
 
 
 def estimate_seconds(cfg: Config, n_train: int = 55000) -> float:
@@ -216,7 +219,7 @@ def run_sweep(sweep: Sweep, root: str | Path | None = None, options: SweepOption
     folder = sweep_folder(sweep, root)
     check_base_unchanged(folder, sweep)
     groups = plan_groups(sweep.configs, options.stack, options.max_stack)
-    workers, threads = plan_workers(options, any(group.stacked for group in groups))
+    workers, threads = plan_workers(options)
     executor = (RayExecutor(options.address, threads) if options.executor == "ray"
                 else LocalExecutor(workers, threads))
 
@@ -285,7 +288,7 @@ def describe_plan(sweep: Sweep, root: str | Path | None, options: SweepOptions) 
     folder = sweep_folder(sweep, root)
     finished = {cfg.run_id() for cfg in sweep.configs if finished_summary(folder / cfg.run_id()) is not None}
     todo = [group for group in groups if any(run_id not in finished for run_id in group.run_ids)]
-    workers, threads = plan_workers(options, any(group.stacked for group in groups))
+    workers, threads = plan_workers(options)
     cells = len(sweep.configs) // len(sweep.seeds)
     lines = [f"sweep {sweep.name}: {len(sweep.configs)} runs ({cells} cell(s) x {len(sweep.seeds)} seed(s)); "
              f"{len(finished)} already finished, {len(sweep.configs) - len(finished)} to run, in {folder}"]
@@ -297,8 +300,8 @@ def describe_plan(sweep: Sweep, root: str | Path | None, options: SweepOptions) 
                  f"sizes {[s for s in sizes if s > 1]}, {sum(s == 1 for s in sizes)} solo)")
     for group in todo:
         lines.append(f"    {'stack' if group.stacked else 'solo '} {len(group.configs):2d}: {' '.join(group.run_ids)}")
-    # A stack of K costs about K/2 solo runs on a small CPU (see docs/stacked.md); a guide only.
-    seconds = sum(estimate_seconds(group.configs[0]) * (len(group.configs) / 2 if group.stacked else 1)
+    # A stack of K costs about K/1.4 solo runs on a small CPU (docs/stacked.md); a guide only.
+    seconds = sum(estimate_seconds(group.configs[0]) * (len(group.configs) / 1.4 if group.stacked else 1)
                   for group in todo) / workers
     where = f"Ray ({options.address or 'a local instance'})" if options.executor == "ray" else "local"
     lines.append(f"  executor: {where}, {workers} worker(s) x {threads} thread(s); estimate ~{seconds / 60:.1f} min")
