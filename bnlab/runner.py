@@ -71,6 +71,9 @@ class Trained:
     stack_size: int = 1
     error: str | None = None
     traceback: str | None = None
+    # Rendered where the run trained: in a sweep, workers draw in parallel instead of the driver
+    # drawing every run's figure one after another at the end.
+    curves_png: bytes = b""
 
     @property
     def status(self) -> str:
@@ -90,7 +93,8 @@ def weights_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
 def trained(cfg: Config, result: RunResult, splits: Splits, engine: str = "solo", stack_size: int = 1) -> Trained:
     weights = weights_bytes(result.state_dict)
     result.state_dict = {}
-    return Trained(cfg, result, weights, dataset_info(cfg, splits), engine, stack_size)
+    curves = learning_curves_png(result.epochs, result.steps, f"{cfg.name} {cfg.run_id()}")
+    return Trained(cfg, result, weights, dataset_info(cfg, splits), engine, stack_size, curves_png=curves)
 
 
 def build_summary(run: Trained) -> dict[str, Any]:
@@ -127,8 +131,7 @@ def write_run(folder: Path, run: Trained) -> dict[str, Any]:
         records.write_csv("steps.csv", result.steps)
         records.write_csv("probes.csv", result.probes)
         records.write_csv("evals.csv", result.evals)
-        records.write_bytes("plots/learning_curves.png",
-                            learning_curves_png(result.epochs, result.steps, f"{cfg.name} {cfg.run_id()}"))
+        records.write_bytes("plots/learning_curves.png", run.curves_png)
         records.write_bytes("model.pt", run.weights)
     summary = build_summary(run)
     records.finish(summary)
