@@ -297,8 +297,6 @@ def test_out_option_and_bnlab_runs_default(sweep: Path, tmp_path: Path, monkeypa
 def test_registered_in_bnlab_cli(sweep: Path, tmp_path: Path) -> None:
     from bnlab.cli import app
 
-    if not any(command.name == "report" for command in app.registered_commands):
-        pytest.skip("bnlab/cli.py does not register `report` yet")
     folder = copy_runs(sweep, tmp_path / "grid", keep=lambda row: row["seed"] == "1")
     result = CliRunner().invoke(app, ["report", str(folder)])
     assert result.exit_code == 0, result.output
