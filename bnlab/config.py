@@ -133,10 +133,7 @@ class Config(_Strict):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, name: str) -> str:
-        if not re.match(NAME_PATTERN, name):
-            raise ValueError(f"must be 1-100 letters, digits, '.', '_', '+' or '-', starting with a letter "
-                             f"or digit, so it stays inside runs/ (got {_short_repr(name)})")
-        return name
+        return safe_name(name)
 
     @field_validator("device")
     @classmethod
@@ -161,6 +158,14 @@ class Config(_Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(), sort_keys=False)
+
+
+def safe_name(name: str) -> str:
+    """A run or sweep name becomes a folder under runs/: one safe path component, or ValueError."""
+    if not re.match(NAME_PATTERN, name):
+        raise ValueError(f"must be 1-100 letters, digits, '.', '_', '+' or '-', starting with a letter "
+                         f"or digit, so it stays inside runs/ (got {_short_repr(name)})")
+    return name
 
 
 # --- loading -----------------------------------------------------------------------------------

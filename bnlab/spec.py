@@ -24,6 +24,7 @@ from bnlab.config import (
     check_dotted_path,
     describe,
     read_yaml_mapping,
+    safe_name,
     set_dotted,
     validate,
 )
@@ -41,10 +42,7 @@ class SweepSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, name: str | None) -> str | None:
-        if name is not None and not re.match(NAME_PATTERN, name):
-            raise ValueError(f"must be 1-100 letters, digits, '.', '_', '+' or '-', starting with a letter or "
-                             f"digit, so it stays inside runs/ (got {name!r})")
-        return name
+        return None if name is None else safe_name(name)
 
     @field_validator("seeds")
     @classmethod
