@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from test_sweep import write_spec
 from typer.testing import CliRunner
 
 from bnlab.cli import app
 from bnlab.config import MAX_CONFIG_BYTES
 from bnlab.spec import load_sweep
 from bnlab.sweep import SweepOptions, run_sweep
-from test_sweep import write_spec
 
 
 def test_yaml_alias_bomb_is_refused(tmp_path: Path) -> None:
