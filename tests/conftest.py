@@ -22,6 +22,19 @@ TINY_TRAIN = 400
 TINY_TEST = 200
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+def require(available: bool, what: str) -> None:
+    """Skip a test whose outside resource is missing on a developer's machine; in CI, where
+    .ci/run provides it, its absence is a failure, never a silent skip."""
+    if not available:
+        if in_ci():
+            pytest.fail(f"{what} is missing, and CI must provide it")
+        pytest.skip(f"{what} is missing here")
+
+
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
     """IDX: big-endian magic (0x0000, dtype 0x08 = uint8, ndim), the dims, then raw bytes."""
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)

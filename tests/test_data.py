@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TEST, TINY_TRAIN, make_images, write_dataset, write_idx
+from conftest import TINY_TEST, TINY_TRAIN, make_images, require, write_dataset, write_idx
 from typer.testing import CliRunner
 
 from bnlab import cli_data, data
@@ -45,8 +45,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture()
 def real_mnist() -> Path:
     folder = SHARED / "mnist"
-    if not folder.is_dir():
-        pytest.skip(f"no verified MNIST copy at {folder} (CI keeps one in ../shared/data)")
+    require(folder.is_dir(), f"the verified MNIST copy at {folder} (../shared/data)")
     return folder
 
 
@@ -248,8 +247,7 @@ def test_real_mnist_verifies_and_has_the_known_statistics(real_mnist: Path) -> N
 
 def test_real_fashion_mnist_verifies() -> None:
     folder = SHARED / "fashion-mnist"
-    if not folder.is_dir():
-        pytest.skip(f"no verified Fashion-MNIST copy at {folder} (CI keeps one in ../shared/data)")
+    require(folder.is_dir(), f"the verified Fashion-MNIST copy at {folder} (../shared/data)")
     assert all(check.ok for check in data.verify("fashion-mnist", root=str(folder)))
 
 

@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ import matplotlib.image
 import pandas as pd
 import pytest
 import typer
-from conftest import write_dataset
+from conftest import require, write_dataset
 from test_sweep import write_spec
 from typer.testing import CliRunner
 
@@ -327,10 +326,7 @@ def test_heat_axes_prefer_batch_size_by_lr() -> None:
 
 def chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
-            pytest.fail("chromium is not installed; CI must install it (apt-get install chromium)")
-        pytest.skip("chromium not installed: apt-get install -y --no-install-recommends chromium")
+    require(found is not None, "chromium (apt-get install -y --no-install-recommends chromium)")
     return found
 
 
