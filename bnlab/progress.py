@@ -101,29 +101,35 @@ def _grid_axes(axes: dict[str, list[Any]]) -> tuple[str | None, str | None]:
     return (chosen[0] if chosen else None), (chosen[1] if len(chosen) > 1 else None)
 
 
-def sweep_grid(state: Any) -> Any:
-    """Each cell: finished/total runs over every other axis and seed, coloured by the worst state."""
-    from rich.table import Table
-
+def grid_cells(state: Any) -> tuple[str | None, str | None, dict[tuple[str, str], list[str]]]:
+    """The compact grid's axes and each cell's run ids, computed once per sweep: hashing every
+    config for every redraw would make a long sweep's display quadratic."""
     from bnlab.spec import cell_values
 
     row_axis, col_axis = _grid_axes(state.sweep.axes)
+    fields = [axis for axis in (row_axis, col_axis) if axis]
+    cells: dict[tuple[str, str], list[str]] = {}
+    for cfg in state.sweep.configs:
+        values = cell_values(cfg, fields)
+        cells.setdefault((repr(values.get(row_axis)), repr(values.get(col_axis))), []).append(cfg.run_id())
+    return row_axis, col_axis, cells
+
+
+def sweep_grid(state: Any, layout: tuple[str | None, str | None, dict[tuple[str, str], list[str]]]) -> Any:
+    """Each cell: finished/total runs over every other axis and seed, coloured by the worst state."""
+    from rich.table import Table
+
+    row_axis, col_axis, cells = layout
     rows = state.sweep.axes.get(row_axis, [None]) if row_axis else [None]
     cols = state.sweep.axes.get(col_axis, [None]) if col_axis else [None]
     table = Table(show_edge=False, pad_edge=False, box=None)
     table.add_column(f"{row_axis or ''} \\ {col_axis or ''}", style="bold")
     for col in cols:
         table.add_column(str(col) if col_axis else "runs", justify="center")
-    fields = [axis for axis in (row_axis, col_axis) if axis]
-    cells: dict[tuple[Any, Any], list[str]] = {}
-    for cfg in state.sweep.configs:
-        values = cell_values(cfg, fields)
-        key = (repr(values.get(row_axis)), repr(values.get(col_axis)))
-        cells.setdefault(key, []).append(state.status.get(cfg.run_id(), "queued"))
     for row in rows:
         rendered = []
         for col in cols:
-            statuses = cells.get((repr(row), repr(col)), [])
+            statuses = [state.status.get(run_id, "queued") for run_id in cells.get((repr(row), repr(col)), [])]
             finished = sum(status in ("done", "diverged", "failed") for status in statuses)
             worst = next((s for s in ("failed", "diverged", "running", "done") if s in statuses), None)
             style = _STATE_STYLE.get(worst or "", "dim") if worst != "done" or finished == len(statuses) else "dim"
@@ -152,7 +158,8 @@ class SweepLiveView:
 
         if kind == "plan":
             self.workers = payload["workers"]
-        self.live.update(RenderGroup(sweep_headline(state, self.workers), sweep_grid(state)))
+            self.layout = grid_cells(state)
+        self.live.update(RenderGroup(sweep_headline(state, self.workers), sweep_grid(state, self.layout)))
 
 
 class SweepPlainView:
@@ -173,11 +180,13 @@ class SweepPlainView:
 
         if kind == "plan":
             self.workers = payload["workers"]
+            # run_id() hashes a config: look each up once, not once per finished run.
+            self.configs = {cfg.run_id(): cfg for cfg in state.sweep.configs}
             self.console.print(f"{sweep_headline(state, self.workers)}; {len(payload['groups'])} group(s) to train "
                                f"on {payload['workers']} worker(s) x {payload['threads']} thread(s)",
                                highlight=False, soft_wrap=True)
         elif kind == "run":
-            cfg = next(c for c in state.sweep.configs if c.run_id() == payload["run_id"])
+            cfg = self.configs[payload["run_id"]]
             cell = " ".join(f"{k}={v}" for k, v in cell_values(cfg, list(state.sweep.axes)).items())
             test_acc = (payload.get("final") or {}).get("test_acc")
             result = f"test_acc {100 * test_acc:.2f}%" if test_acc is not None else payload.get("error") or ""
