@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,5 +16,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except BnlabError as err:
-        typer.echo(f"error: {err}", err=True)
+        # A name or path from the user may hold a newline or another control character: the
+        # message stays one line, with them written as escapes.
+        message = re.sub(r"[\x00-\x1f\x7f]", lambda char: repr(char.group())[1:-1], str(err))
+        typer.echo(f"error: {message}", err=True)
         raise typer.Exit(code=2) from None

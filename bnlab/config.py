@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import json
 import re
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -21,9 +22,10 @@ from bnlab.errors import ConfigError
 
 # A config bigger than this is not a hand-written experiment; refuse it before parsing.
 MAX_CONFIG_BYTES = 1 << 20
-# Names become folder names under runs/: keep them to one safe path component.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$"
-DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
+# Names become folder names under runs/: keep them to one safe path component. \Z, not $:
+# `$` also matches before a trailing newline, and "abc\n" would become a folder name.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}\Z"
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)\Z"
 
 
 class _Strict(BaseModel):
@@ -172,20 +174,51 @@ def safe_name(name: str) -> str:
 
 
 class _LimitedLoader(yaml.SafeLoader):
-    """Safe loading with a cap on aliases: a billion-laughs document expands without bound."""
+    """Safe loading with caps on aliases, nesting and expanded size. A billion-laughs document
+    expands without bound even under the alias cap (8 levels of 10 aliases is 10^8 values, and
+    anything that walks it, an error message's repr included, hangs); nesting deeper than
+    Python's recursion limit crashes the recursive composer."""
 
     max_aliases = 100
+    max_depth = 100
+    max_values = 100_000  # a hand-written config holds hundreds
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._aliases_seen = 0
+        self._depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
         if self.check_event(yaml.AliasEvent):
             self._aliases_seen += 1
             if self._aliases_seen > self.max_aliases:
                 raise yaml.YAMLError(f"more than {self.max_aliases} aliases")
-        return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > self.max_depth:
+                raise yaml.YAMLError(f"nested deeper than {self.max_depth} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node, {}) > self.max_values:
+            raise yaml.YAMLError(f"more than {self.max_values} values once aliases are expanded")
+        return node
+
+
+def _expanded_size(node: yaml.Node, seen: dict[int, int]) -> int:
+    """Values in `node` with every alias expanded; memoized by node, so linear in the document."""
+    if id(node) not in seen:
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = []
+        seen[id(node)] = 1 + sum(_expanded_size(child, seen) for child in children)
+    return seen[id(node)]
 
 
 def parse_yaml_text(text: str, source: str) -> Any:
@@ -201,16 +234,23 @@ def parse_yaml_text(text: str, source: str) -> Any:
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """Read a YAML file that must hold a mapping; every failure is one ConfigError naming the file."""
     try:
-        if path.is_dir():
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
             raise ConfigError(f"{path}: is a directory, not a YAML file")
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
+        if not stat.S_ISREG(mode):  # a FIFO blocks on open, /dev/zero never ends
+            raise ConfigError(f"{path}: not a regular file")
+        with path.open("rb") as handle:
+            # Bounded, not st_size: the file may grow between stat and read.
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            size = max(path.stat().st_size, len(data))
             raise ConfigError(f"{path}: {size} bytes is over the {MAX_CONFIG_BYTES}-byte limit for a config")
-        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
+    except ValueError:  # os.stat refuses a NUL in a path with ValueError, not OSError
+        raise ConfigError(f"{str(path)!r}: not a usable path (it holds a NUL byte)") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -226,12 +266,12 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`train.lr=0.01` -> (["train", "lr"], 0.01); the value parses as a YAML scalar or list."""
     if "=" not in item:
-        raise ConfigError(f"override {item!r}: expected field=value, e.g. train.lr=0.01")
+        raise ConfigError(f"override {_short_repr(item)}: expected field=value, e.g. train.lr=0.01")
     path, _, text = item.partition("=")
     parts = path.strip().split(".")
     if not all(parts):
-        raise ConfigError(f"override {item!r}: expected a dotted field name before '='")
-    value = parse_yaml_text(text, f"override {item!r}")
+        raise ConfigError(f"override {_short_repr(item)}: expected a dotted field name before '='")
+    value = parse_yaml_text(text, f"override {_short_repr(item)}")
     return parts, value
 
 
@@ -256,11 +296,15 @@ def check_dotted_path(parts: Sequence[str], model: type[BaseModel] = Config) -> 
 
 def set_dotted(raw: dict[str, Any], parts: Sequence[str], value: Any) -> None:
     node = raw
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
         child = node.get(part)
-        if not isinstance(child, dict):
+        if child is None:  # absent, or an empty `train:` section
             child = {}
             node[part] = child
+        elif not isinstance(child, dict):
+            # Replacing it would make a bad file valid by overriding one of its fields.
+            raise ConfigError(f"{'.'.join(parts[: depth + 1])}: must be a mapping of fields, "
+                              f"got {type(child).__name__} {_short_repr(child)}")
         node = child
     node[parts[-1]] = value
 
@@ -270,9 +314,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         parts, value = parse_override(item)
         try:
             check_dotted_path(parts)
+            set_dotted(raw, parts, value)
         except ConfigError as err:
-            raise ConfigError(f"override {item!r}: {err}") from None
-        set_dotted(raw, parts, value)
+            raise ConfigError(f"override {_short_repr(item)}: {err}") from None
     return raw
 
 

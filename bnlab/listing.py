@@ -39,6 +39,7 @@ def varied_fields(frame: Any) -> list[str]:
 
 def runs_table(path: Path, where: Sequence[str], sort: str | None) -> Any:
     from rich.table import Table
+    from rich.text import Text
 
     frame = read_runs(path)
     if frame.empty:
@@ -47,18 +48,22 @@ def runs_table(path: Path, where: Sequence[str], sort: str | None) -> Any:
     frame = filter_runs(frame, where)
     if sort:
         frame = frame.sort_values(_column(frame, sort, "--sort"), na_position="last", kind="stable")
-    table = Table(title=f"{len(frame)} run(s) in {path}")
-    for header in ("name", "id", *varied, "status", "test_acc", "seconds"):
-        table.add_column(header, justify="right" if header in ("test_acc", "seconds") else "left")
+    # Text from configs and run folders is shown as it is, never parsed as rich markup.
+    table = Table(title=Text(f"{len(frame)} run(s) in {path}"))
+    damaged = "problem" in frame.columns and frame["problem"].notna().any()
+    for header in ("name", "id", *varied, "status", "test_acc", "seconds", *(["problem"] if damaged else [])):
+        table.add_column(header, justify="right" if header in ("test_acc", "seconds") else "left",
+                         overflow="fold")
     styles = {"done": "green", "diverged": "yellow", "failed": "red", "damaged": "bold red", "unfinished": "dim"}
     for row in frame.to_dict("records"):
         test_acc = row.get("final.test_acc")
         seconds = row.get("seconds")
+        cells = [_cell(row.get("name")), row["run_id"], *(_cell(row.get(field)) for field in varied)]
         table.add_row(
-            str(row.get("name", "")), row["run_id"], *(_cell(row.get(field)) for field in varied),
-            f"[{styles.get(row['status'], '')}]{row['status']}[/]",
+            *map(Text, cells), Text(row["status"], styles.get(row["status"], "")),
             f"{100 * test_acc:.2f}%" if _is_number(test_acc) else "-",
             f"{seconds:.1f}" if _is_number(seconds) else "-",
+            *([Text(_cell(row.get("problem")))] if damaged else []),
         )
     return table
 

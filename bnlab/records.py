@@ -25,6 +25,12 @@ SUMMARY = "summary.json"
 CONFIG = "config.yaml"
 FINISHED_STATUSES = ("done", "diverged", "failed")
 DEFAULT_RUNS_DIR = "runs"
+EPOCHS = "epochs.csv"
+WEIGHTS = "model.pt"
+# What a done or diverged run's summary vouches for (README's run-folder table).
+METRICS_CSVS = (EPOCHS, "steps.csv", "probes.csv", "evals.csv")
+# Every metrics column holds a number (or nothing), except evals.csv's labels.
+_TEXT_COLUMNS = frozenset({"split", "bn_stats"})
 
 
 def runs_dir(explicit: str | Path | None = None) -> Path:
@@ -135,6 +141,14 @@ def read_summary(folder: Path) -> dict[str, Any]:
         raise RecordsError(f"{path}: damaged: {err}") from None
     if not isinstance(summary, dict) or summary.get("status") not in FINISHED_STATUSES:
         raise RecordsError(f"{path}: damaged: no valid status")
+    # Readers index into these: a garbage value must be a damaged record here, not a crash there.
+    for key in ("final", "best", "timings"):
+        value = summary.get(key)
+        if value is not None and not (isinstance(value, dict) and all(
+                item is None or isinstance(item, int | float) for item in value.values())):
+            raise RecordsError(f"{path}: damaged: {key} is not a mapping of numbers")
+    if not isinstance(summary.get("dataset") or {}, dict):
+        raise RecordsError(f"{path}: damaged: dataset is not a mapping")
     return summary
 
 
@@ -143,16 +157,93 @@ def read_config(folder: Path) -> Config:
     return validate(read_yaml_mapping(path), str(path))
 
 
+def read_metrics_csv(path: Path) -> list[dict[str, str]]:
+    """A metrics CSV read strictly: RecordsError naming the path and line for a torn last line, a
+    row with the wrong number of fields, or a value that is not a number. Atomic writes leave none
+    of these, so each means the file was damaged after the run wrote it."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RecordsError(f"{path}: missing") from None
+    except OSError as err:
+        raise RecordsError(f"{path}: cannot read: {err.strerror or err}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RecordsError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    if not text.endswith("\n"):  # csv_bytes ends every line, the header of an empty table too
+        raise RecordsError(f"{path}: line {text.count(chr(10)) + 1}: torn (the file ends mid-line)")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows = []
+    try:
+        header = next(reader)
+        for fields in reader:
+            where = f"{path}: line {reader.line_num}"
+            if len(fields) != len(header):
+                raise RecordsError(f"{where}: {len(fields)} field(s), the header has {len(header)}")
+            row = dict(zip(header, fields, strict=True))
+            for column, value in row.items():
+                if value and column not in _TEXT_COLUMNS and not _is_number(value):
+                    raise RecordsError(f"{where}: {column}: {_short(value)} is not a number")
+            rows.append(row)
+    except csv.Error as err:
+        raise RecordsError(f"{path}: line {reader.line_num}: {err}") from None
+    return rows
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)  # nan and inf included: a diverged run records them
+    except ValueError:
+        return False
+    return True
+
+
+def _short(text: str) -> str:
+    return repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
+
+
+def _check_identity(folder: Path, config: Config) -> None:
+    if config.run_id() != folder.name:
+        raise RecordsError(f"{folder / CONFIG}: does not match its folder: it hashes to run id {config.run_id()} "
+                           "(edited after the run?)")
+
+
+def _check_outputs(folder: Path, summary: dict[str, Any]) -> None:
+    """The files a finished run's summary vouches for are there, whole, and agree with it."""
+    if summary.get("run_id") != folder.name:
+        raise RecordsError(f"{folder / SUMMARY}: run_id {summary.get('run_id')!r} does not match its folder")
+    if summary["status"] == "failed":
+        return  # a failed run recorded error.txt, not metrics
+    tables = {name: read_metrics_csv(folder / name) for name in METRICS_CSVS}
+    if not (folder / WEIGHTS).is_file() or (folder / WEIGHTS).stat().st_size == 0:
+        raise RecordsError(f"{folder / WEIGHTS}: missing or empty")
+    if summary["status"] == "done":
+        # A cut at a line boundary parses cleanly: the last epoch must still be the one summarised.
+        epochs = tables[EPOCHS]
+        last_step = epochs[-1].get("step") if epochs else None
+        final_step = (summary.get("final") or {}).get("step")
+        if last_step is None or (final_step is not None and float(last_step) != final_step):
+            raise RecordsError(f"{folder / EPOCHS}: ends at step {last_step}, summary.json says {final_step}: "
+                               "rows are missing")
+
+
+def read_finished(folder: Path) -> tuple[dict[str, Any], Config]:
+    """(summary, config) of a finished run whose files all read back and agree with each other;
+    else a BnlabError naming the file and what is wrong (the run is damaged: redo it)."""
+    config = read_config(folder)
+    _check_identity(folder, config)
+    summary = read_summary(folder)
+    _check_outputs(folder, summary)
+    return summary, config
+
+
 def finished_summary(folder: Path) -> dict[str, Any] | None:
     """The summary if `folder` holds a finished, consistent run, else None (redo it)."""
     try:
-        summary = read_summary(folder)
-        config = read_config(folder)
+        return read_finished(folder)[0]
     except BnlabError:
         return None
-    if config.run_id() != folder.name or summary.get("run_id") != folder.name:
-        return None
-    return summary
 
 
 def run_folders(path: Path) -> list[Path]:
@@ -177,12 +268,12 @@ def read_runs(path: Path) -> Any:
         try:
             config = read_config(folder)
             row |= {"name": config.name, **_flatten(config.model_dump())}
-            if config.run_id() != folder.name:
-                raise RecordsError(f"{folder / CONFIG}: does not match its folder (run id {config.run_id()})")
+            _check_identity(folder, config)
             if not (folder / SUMMARY).exists():
                 row["status"] = "unfinished"
             else:
                 summary = read_summary(folder)
+                _check_outputs(folder, summary)
                 row |= {"status": summary["status"], "seconds": (summary.get("timings") or {}).get("seconds_total"),
                         "error": summary.get("error"), "engine": summary.get("engine")}
                 row |= {f"final.{key}": value for key, value in (summary.get("final") or {}).items()}

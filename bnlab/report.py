@@ -25,7 +25,7 @@ import yaml
 from bnlab import report_figures as figures
 from bnlab.claims import ClaimResult
 from bnlab.errors import BnlabError, RecordsError
-from bnlab.records import atomic_write, read_config, read_runs, read_summary
+from bnlab.records import atomic_write, read_finished, read_runs
 from bnlab.stats import summarize
 
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes: "did not train" above it
@@ -150,12 +150,11 @@ def _load(path: Path) -> tuple[Any, list[_Run], list[tuple[str, str]]]:
             damaged.append((row["path"], str(row.get("problem") or "")))
         elif row["status"] in _FINISHED:
             try:  # re-read one by one: exact types (a frame with damaged rows turns ints into floats)
-                summary = read_summary(folder)
-                config = _flatten(read_config(folder).model_dump())
+                summary, config_model = read_finished(folder)
             except BnlabError as err:  # changed since read_runs looked
                 damaged.append((row["path"], str(err)))
                 continue
-            runs.append(_Run(folder, folder.name, summary["status"], config, summary))
+            runs.append(_Run(folder, folder.name, summary["status"], _flatten(config_model.model_dump()), summary))
     return frame, runs, damaged
 
 
@@ -450,8 +449,12 @@ def _claim_section(claim: ClaimResult) -> Section:
     elif margin:
         rule += f", margin {margin * float(rule_dict.get('scale', 100.0)):g} {rule_dict.get('unit', 'pp')}"
     rule += f", the claim says B {'>' if direction > 0 else '<'} A"
+    ran = f"{claim.runs} runs over seeds {claim.seeds}" if claim.seeds else ""
+    if ran and claim.wall_seconds is not None:
+        ran += f", {claim.wall_seconds / 60:.1f} min of wall time for the command below"
     blocks: list[Block] = [Badge(claim.outcome), Text(f"Claim: “{claim.claim}”"), Text(claim.summary),
-                           Text(f"Decision rule: {rule}. Design: {claim.design}; budget: {claim.budget}.")]
+                           Text(f"Decision rule: {rule}. Design: {claim.design}; budget: {claim.budget}"
+                                + (f"; {ran}." if ran else "."))]
     if claim.literature:
         blocks.append(Text(f"Literature: {claim.literature}",
                            "disagree" if disagrees_with_literature(claim.literature) else "note"))
