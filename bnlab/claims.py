@@ -55,6 +55,9 @@ class ClaimResult:
     deviations: list[str] = field(default_factory=list)  # where the suite departs from its design
     literature: str = ""  # what the literature expects, and whether this verdict disagrees
     command: str = ""  # the exact command that produced it
+    seeds: list[int] = field(default_factory=list)
+    runs: int = 0
+    wall_seconds: float | None = None  # of the command that produced it (resumed: its last invocation)
 
 
 # --- the suite format ----------------------------------------------------------------------------
@@ -346,10 +349,16 @@ def combine(comparisons: Sequence[Comparison]) -> str:
     return "inconclusive"
 
 
+def disagrees(expected: str | None, outcome: str) -> bool:
+    """Whether a verdict contradicts what the literature leads us to expect (a suite's `expected`).
+    An inconclusive verdict settles nothing, so it contradicts nothing."""
+    return expected is not None and outcome != "inconclusive" and expected not in (outcome, "mixed")
+
+
 def _literature_note(suite: Suite, outcome: str) -> str:
     if not suite.literature:
         return ""
-    if suite.expected and suite.expected not in (outcome, "mixed"):
+    if disagrees(suite.expected, outcome):
         return f"This verdict ({outcome}) DISAGREES with what the literature leads us to expect ({suite.expected}). " \
                f"{suite.literature}"
     return suite.literature
@@ -457,7 +466,8 @@ RULES: dict[str, Callable[[Suite, Sweep, list[RunRecord]], tuple[list[Comparison
 }
 
 
-def analyze(suite: Suite, sweep: Sweep, folder: Path, budget: str, command: str) -> ClaimResult:
+def analyze(suite: Suite, sweep: Sweep, folder: Path, budget: str, command: str,
+            wall_seconds: float | None = None) -> ClaimResult:
     records = read_records(folder, sweep)
     comparisons, tables = RULES[suite.rule.name](suite, sweep, records)
     outcome = combine(comparisons)
@@ -468,5 +478,6 @@ def analyze(suite: Suite, sweep: Sweep, folder: Path, budget: str, command: str)
     return ClaimResult(
         name=suite.name, claim=suite.claim, design=suite.design, budget=budget, outcome=outcome, summary=summary,
         rule=suite.rule.model_dump(), comparisons=comparisons, tables=tables, deviations=list(suite.deviations),
-        literature=_literature_note(suite, outcome), command=command,
+        literature=_literature_note(suite, outcome), command=command, seeds=list(sweep.seeds),
+        runs=len(sweep.configs), wall_seconds=wall_seconds,
     )

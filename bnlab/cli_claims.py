@@ -34,6 +34,8 @@ def test_claim(
     address: Annotated[str | None, typer.Option(help="HOST:PORT of a Ray cluster")] = None,
     stack: Annotated[str, typer.Option(help="auto or off")] = "auto",
     runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="Where run folders go")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also copy the report there, with verdict.json (findings)")]
+    = None,
 ) -> None:
     """Run a claim suite as a sweep (resumable), judge it, and write its report."""
     from rich.console import Console
@@ -60,6 +62,23 @@ def test_claim(
     typer.echo(f"{result.name}: {result.outcome.upper()} ({result.budget} budget)")
     typer.echo(result.summary)
     typer.echo(f"report: {outcome.report_html}")
+    if out is not None:
+        from bnlab.findings import write_findings
+
+        with user_errors():
+            typer.echo(f"findings: {write_findings(outcome, out)}")
     if outcome.state.failures:
         typer.echo(f"{len(outcome.state.failures)} run(s) failed; see the report", err=True)
         raise typer.Exit(code=1)
+
+
+@claim_app.command("table")
+def table(
+    folder: Annotated[Path, typer.Argument(help="A findings folder: one claim test --out DIR per suite")]
+    = Path("docs/findings"),
+) -> None:
+    """The verdict table (Markdown) of a findings folder, as the README shows it."""
+    from bnlab.findings import read_findings, verdict_table
+
+    with user_errors():
+        typer.echo(verdict_table(read_findings(folder), link_root=str(folder)))

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import shlex
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bnlab.claims import ClaimResult, analyze, load_suite, suite_path, suite_sweep
+from bnlab.spec import Sweep
 from bnlab.sweep import Event, SweepOptions, SweepState, run_sweep, sweep_folder
 
 
 @dataclass(frozen=True)
 class ClaimOutcome:
     result: ClaimResult
+    sweep: Sweep
     state: SweepState
     folder: Path
     report_md: Path
     report_html: Path
+    wall_seconds: float
+    expected: str | None  # what the literature leads us to expect, from the suite
 
 
 def test_claim(name: str, budget: str = "quick", overrides: Sequence[str] = (), runs_root: str | Path | None = None,
@@ -29,9 +34,11 @@ def test_claim(name: str, budget: str = "quick", overrides: Sequence[str] = (), 
     path = suite_path(name)
     suite = load_suite(path)
     sweep = suite_sweep(suite, budget, overrides, path.read_text())
+    started = time.perf_counter()
     state = run_sweep(sweep, runs_root, options, on_event)
+    wall_seconds = time.perf_counter() - started
     folder = sweep_folder(sweep, runs_root)
     command = shlex.join(["bnlab", "claim", "test", name, *overrides, "--budget", budget])
-    result = analyze(suite, sweep, folder, budget, command)
+    result = analyze(suite, sweep, folder, budget, command, wall_seconds)
     markdown, html = write_report(build_report(folder, [result]), folder)
-    return ClaimOutcome(result, state, folder, markdown, html)
+    return ClaimOutcome(result, sweep, state, folder, markdown, html, wall_seconds, suite.expected)
