@@ -9,8 +9,8 @@ are (K, features, batch): a Linear is one batched matmul, BatchNorm is the nativ
 
 Per member, exactly as in its solo run (bnlab.train.train): initial weights (build_model with
 its seed), batch order (epoch_order), dropout masks (its own generator on the solo stream), BN
-batch and running statistics, and updates: the solo engine's torch.optim optimizer, fused where
-torch has it, over views of the members' slices, one param group per distinct (lr, weight
+batch and running statistics, and updates: the solo engine's optimizer (bnlab.optim: torch's
+fused and foreach kernels), over views of the members' slices, one param group per distinct (lr, weight
 decay, momentum). Hand-written per-member optimizer math on (K, 1, 1) hyperparameter tensors
 takes several passes over memory where the fused kernel takes one, and the optimizer is memory
 bound here; the price of torch's kernels is a call per param group, so a stack of one lr is
@@ -209,9 +209,9 @@ class _Stack:
                 bounds.append((position, position + 1))
         return bounds
 
-    def _build_optimizer(self, states: list[list[dict[str, Any]]] | None) -> torch.optim.Optimizer:
+    def _build_optimizer(self, states: list[list[dict[str, Any]]] | None) -> Any:
         """The solo engine's optimizer over views of each group's slices; `states` (per group,
-        per parameter) carries torch.optim's state across a change of members."""
+        per parameter) carries the optimizer state across a change of members."""
         self.bindings: list[tuple[torch.Tensor, str, int, int]] = []  # (view, name, start, stop)
         param_groups = []
         for start, stop in self._groups():
@@ -222,8 +222,7 @@ class _Stack:
                 self.bindings.append((views[-1], name, start, stop))
             param_groups.append({"params": views, "lr": train.lr, "weight_decay": train.weight_decay,
                                  "momentum": train.momentum})
-        optimizer = OPTIMIZERS[self.members[0].cfg.train.optimizer](param_groups, self.members[0].cfg.train,
-                                                                    self.device)
+        optimizer = OPTIMIZERS[self.members[0].cfg.train.optimizer](param_groups, self.members[0].cfg.train)
         for group, group_states in zip(optimizer.param_groups, states or [], strict=False):
             for view, state in zip(group["params"], group_states, strict=True):
                 optimizer.state[view] = state

@@ -208,3 +208,12 @@ def test_recalibrated_and_class_sorted_evaluations(tiny_config: Path) -> None:
     # Batches of one class normalise part of the class signal away: below the i.i.d. batches.
     assert by_mode[("test", "sorted", 50)] < by_mode[("test", "batch", 50)]
     assert by_mode[("test", "recalibrated", None)] > 0.5
+
+
+def test_probes_are_spread_over_a_long_run(tiny_mnist: Path) -> None:
+    """A probe at every log step would cost a long batch-32 run a fifth of its arithmetic."""
+    cfg = load_config(None, ["device=cpu", f"data.root={tiny_mnist}", "data.verify=false", "data.val_size=100",
+                             "model.hidden=[8]", "train.steps=300", "train.log_every=2", "train.batch_size=16"])
+    result = train(cfg, load_dataset(cfg.data, "cpu"))
+    assert sorted({row["step"] for row in result.probes}) == list(range(0, 301, 12))  # 2 * ceil(300 / (2 * 25))
+    assert len(result.steps) == 150
