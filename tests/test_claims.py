@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bnlab.claims import CLAIMS_DIR, RULES, load_suite, suite_names, suite_path
+from bnlab.claims import CLAIMS_DIR, RULES, load_suite, suite_names, suite_path, suite_sweep
 from bnlab.cli import app
 from bnlab.records import read_summary
 from bnlab.stats import paired_comparison
@@ -81,3 +81,15 @@ def test_unknown_suite_and_budget_are_one_line(tmp_path: Path) -> None:
 
 def test_claims_dir_is_the_shipped_configs() -> None:
     assert CLAIMS_DIR == Path(__file__).resolve().parent.parent / "configs" / "claims"
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_quick_budget_trains_at_least_80_percent_stacked(name: str) -> None:
+    """The plan (a function of the spec alone) is what the sweep trains, so it is checked without training."""
+    from bnlab.sweep import plan_groups
+
+    suite = load_suite(suite_path(name))
+    sweep = suite_sweep(suite, "quick", ["device=cpu"], "")
+    groups = plan_groups(sweep.configs, "auto", 10)
+    stacked = sum(len(group.configs) for group in groups if group.stacked)
+    assert stacked / len(sweep.configs) >= 0.8, [len(group.configs) for group in groups]
