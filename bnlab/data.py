@@ -227,6 +227,12 @@ def _locate(dataset: str, root: str | None, label: str) -> tuple[Path, str]:
     return cache, _fill_cache(dataset, cache)
 
 
+def locate(cfg: DataConfig) -> tuple[Path, str]:
+    """(folder, source) that load_raw will read for `cfg`, downloading into the cache first if
+    needed; DataError when there is no copy. Checks presence, not hashes."""
+    return _locate(cfg.dataset, cfg.root, "data.root")
+
+
 # --- loading -----------------------------------------------------------------------------------
 
 

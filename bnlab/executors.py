@@ -91,7 +91,9 @@ def _worker_main(conn: Connection, threads: int) -> None:
     while True:
         group = conn.recv()
         if group is None:
-            return
+            # Every result is already sent: skip the interpreter's teardown of torch and
+            # matplotlib, measured at 0.5-1.8 s of the driver waiting in join() at each sweep's end.
+            os._exit(0)
         conn.send(execute(group))
 
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from bnlab import faults
 from bnlab.config import Config, read_yaml_mapping, validate
 from bnlab.errors import BnlabError, RecordsError
 
@@ -25,6 +26,8 @@ SUMMARY = "summary.json"
 CONFIG = "config.yaml"
 FINISHED_STATUSES = ("done", "diverged", "failed")
 DEFAULT_RUNS_DIR = "runs"
+ERROR = "error.txt"  # a failed run's traceback
+TEMP_SUFFIX = ".tmp"  # atomic_write's temp files are .<name>.<random>.tmp, beside their target
 EPOCHS = "epochs.csv"
 WEIGHTS = "model.pt"
 # What a done or diverged run's summary vouches for (README's run-folder table).
@@ -54,19 +57,43 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees the old file or the whole new one."""
+    """Write `data` to `path` so that a reader sees the old file or the whole new one.
+    The faults.point calls are the test seam before each IO step (bnlab/faults.py)."""
+    faults.point("before_mkdir", path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    faults.point("after_mkdir", path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            faults.point("after_tmp_create", path)
             handle.write(data)
             handle.flush()
+            faults.point("after_tmp_write", path)
             os.fsync(handle.fileno())
+        faults.point("before_replace", path)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+    faults.point("after_replace_before_dir_fsync", path)
     _fsync_dir(path.parent)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """atomic_write, with a failing disk (full, read-only, over a size limit, I/O error) as one
+    RecordsError naming the file."""
+    try:
+        atomic_write(path, data)
+    except OSError as err:
+        raise RecordsError(f"{path}: cannot write: {err.strerror or err}") from None
+
+
+def remove_temps(folder: Path) -> None:
+    """Remove the temp files a killed writer left anywhere under `folder` (never read, only
+    clutter). Only for a folder this process is about to rewrite: another writer's temp there
+    would be lost, so the sweep folder is cleaned only under its lock."""
+    for stale in folder.rglob(f".*{TEMP_SUFFIX}"):
+        stale.unlink(missing_ok=True)
 
 
 def csv_bytes(rows: Iterable[Mapping[str, Any]]) -> bytes:
@@ -106,10 +133,7 @@ class RunFolder:
         self.write_bytes(name, text.encode())
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        try:
-            atomic_write(self.path / name, data)
-        except OSError as err:
-            raise RecordsError(f"{self.path / name}: cannot write: {err.strerror or err}") from None
+        write_file(self.path / name, data)
 
     def write_csv(self, name: str, rows: Iterable[Mapping[str, Any]]) -> None:
         self.write_bytes(name, csv_bytes(rows))
@@ -117,8 +141,11 @@ class RunFolder:
     def start(self, cfg: Config) -> None:
         """Make the folder visibly unfinished (no summary) and record the config first."""
         try:
+            faults.point("before_mkdir", self.path)
             self.path.mkdir(parents=True, exist_ok=True)
             (self.path / SUMMARY).unlink(missing_ok=True)
+            (self.path / ERROR).unlink(missing_ok=True)  # a failed attempt's traceback must not outlive it
+            remove_temps(self.path)  # a run redone after a crash starts clean
         except OSError as err:
             raise RecordsError(f"{self.path}: cannot create the run folder: {err.strerror or err}") from None
         self.write_text(CONFIG, cfg.to_yaml())
@@ -291,3 +318,74 @@ def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[prefix + key] = value
     return flat
+
+
+# --- the store as a whole ------------------------------------------------------------------------
+
+RESULTS = "results.csv"
+RESULT_METRICS = ("train_loss", "train_acc", "val_acc", "test_loss", "test_acc")  # results.csv's final.* columns
+
+
+def validate_store(sweep_dir: Path) -> list[str]:
+    """Every way a sweep folder breaks the records contract, one line each; [] when it holds.
+
+    The contract, whatever killed or starved the writer: each run folder is either finished and
+    whole (a summary.json that reads back and agrees with its config.yaml and metrics, and no
+    temp file beside it) or visibly unfinished (no summary.json); every file under a final name
+    is whole (no zero-length file, no torn CSV or config), so no temp file was ever promoted; and
+    each results.csv row agrees with the summary of a finished run. Temp files in an unfinished
+    folder are allowed: nothing reads them, and a resume removes them."""
+    if not sweep_dir.is_dir():
+        return [f"{sweep_dir}: no such folder"]
+    problems: list[str] = []
+    finished: dict[str, dict[str, Any]] = {}
+    for path in sorted(sweep_dir.rglob("*")):
+        if path.is_file() and not path.name.startswith(".") and path.stat().st_size == 0:
+            problems.append(f"{path}: empty")
+    for folder in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        try:
+            if (folder / SUMMARY).exists():
+                summary = finished[folder.name] = read_finished(folder)[0]
+                if summary["status"] == "failed" and not (folder / ERROR).is_file():
+                    problems.append(f"{folder / ERROR}: missing for a failed run")
+                if summary["status"] != "failed" and (folder / ERROR).exists():
+                    problems.append(f"{folder / ERROR}: left by a failed attempt beside a {summary['status']} run")
+                problems += [f"{temp}: temp file in a finished run" for temp in folder.rglob(f".*{TEMP_SUFFIX}")]
+            else:  # unfinished: what it holds must still be whole
+                if (folder / CONFIG).exists():
+                    _check_identity(folder, read_config(folder))
+                for name in METRICS_CSVS:
+                    if (folder / name).exists():
+                        read_metrics_csv(folder / name)
+        except BnlabError as err:
+            problems.append(str(err))
+    if (sweep_dir / RESULTS).exists():
+        problems += _results_problems(sweep_dir / RESULTS, finished)
+    return problems
+
+
+def _results_problems(path: Path, finished: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle, strict=True))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        return [f"{path}: cannot read: {err}"]
+    problems, seen = [], set()
+    for line, row in enumerate(rows, start=2):
+        run_id = row.get("run_id")
+        where = f"{path}: line {line}: run {run_id}"
+        if run_id in seen:
+            problems.append(f"{where}: listed twice")
+        seen.add(run_id)
+        summary = finished.get(run_id or "")
+        if summary is None:
+            problems.append(f"{where}: not a finished run folder")
+            continue
+        if row.get("status") != summary["status"]:
+            problems.append(f"{where}: status {row.get('status')!r}, its summary.json says {summary['status']!r}")
+        final = summary.get("final") or {}
+        for metric in RESULT_METRICS:
+            value = final.get(metric)
+            if metric in row and row[metric] != ("" if value is None else str(value)):
+                problems.append(f"{where}: {metric} {row[metric]!r}, its summary.json says {value!r}")
+    return problems

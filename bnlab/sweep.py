@@ -11,18 +11,28 @@ from __future__ import annotations
 import math
 import os
 import signal
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bnlab.config import Config, validate
-from bnlab.errors import BnlabError, ConfigError
+from bnlab.errors import BnlabError, ConfigError, RecordsError
 from bnlab.executors import Group, LocalExecutor, RayExecutor, import_ray
-from bnlab.records import atomic_write, csv_bytes, finished_summary, json_bytes, runs_dir
+from bnlab.records import (
+    RESULT_METRICS,
+    RESULTS,
+    csv_bytes,
+    finished_summary,
+    json_bytes,
+    remove_temps,
+    runs_dir,
+    strict_json,
+    write_file,
+)
 from bnlab.spec import Sweep, cell_values, changed_base_fields
 
-RESULT_METRICS = ("train_loss", "train_acc", "val_acc", "test_loss", "test_acc")
 SWEEP_STATE = "sweep.json"
 DEFAULT_MAX_STACK = 10
 MIN_STACK = 4  # a bucket is split for parallelism only into stacks at least this big
@@ -151,6 +161,8 @@ def check_base_unchanged(folder: Path, sweep: Sweep) -> None:
 
 
 def result_row(summary: dict[str, Any], cfg: Config, sweep: Sweep) -> dict[str, Any]:
+    # As summary.json holds it (NaN as null), so a row is the same written fresh or on resume.
+    summary = strict_json(summary)
     final = summary.get("final") or {}
     return {
         "run_id": cfg.run_id(),
@@ -183,11 +195,31 @@ class _Lock:
         try:
             self.lock.acquire(timeout=0)
         except Timeout:
-            holder = self.pid_file.read_text().strip() if self.pid_file.exists() else "unknown"
-            raise SweepLocked(f"{self.folder}: another bnlab sweep (pid {holder}) is running on this folder; "
-                              "wait for it to finish or stop it") from None
-        self.pid_file.write_text(str(os.getpid()))
+            raise SweepLocked(f"{self.folder}: another bnlab sweep (pid {self._holder()}) is running on this "
+                              "folder; wait for it to finish or stop it") from None
+        except OSError as err:  # a read-only or full filesystem: the sweep could write nothing there
+            raise RecordsError(f"{self.lock.lock_file}: cannot lock the sweep folder: {err.strerror or err}") from None
+        try:
+            write_file(self.pid_file, str(os.getpid()).encode())  # atomic: a reader never sees half a pid
+        except RecordsError:
+            self.lock.release()
+            raise
         return self
+
+    def _holder(self) -> str:
+        """The holder writes its pid just after it takes the lock, so a sweep started at the same
+        moment can look before it is there, or see the pid a killed holder left: wait a little
+        for the pid of a live process."""
+        for _ in range(40):
+            try:
+                pid = int(self.pid_file.read_text())
+                os.kill(pid, 0)
+                return str(pid)
+            except (ProcessLookupError, FileNotFoundError, ValueError):
+                time.sleep(0.025)
+            except OSError:  # alive but another user's, or a pid file this user cannot read
+                break
+        return "unknown"
 
     def __exit__(self, *exc: object) -> None:
         self.pid_file.unlink(missing_ok=True)
@@ -205,6 +237,7 @@ def run_sweep(sweep: Sweep, root: str | Path | None = None, options: SweepOption
               on_event: Event | None = None) -> SweepState:
     """Run every unfinished run of `sweep`; returns the final state. Raises Interrupted on
     SIGINT/SIGTERM after stopping workers (finished runs are kept)."""
+    from bnlab.data import locate
     from bnlab.runner import write_run
     from bnlab.train import resolve_device
 
@@ -223,12 +256,12 @@ def run_sweep(sweep: Sweep, root: str | Path | None = None, options: SweepOption
     executor = (RayExecutor(options.address, threads) if options.executor == "ray"
                 else LocalExecutor(workers, threads))
 
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RecordsError(f"{folder}: cannot create the sweep folder: {err.strerror or err}") from None
     with _Lock(folder):
         check_base_unchanged(folder, sweep)
-        atomic_write(folder / "spec.yaml", sweep.spec_text.encode())
-        atomic_write(folder / SWEEP_STATE, json_bytes({"name": sweep.name, "base": sweep.base.model_dump(),
-                                                       "axes": list(sweep.axes), "seeds": sweep.seeds}))
         state = SweepState(sweep, total=len(sweep.configs))
         rows: dict[str, dict[str, Any]] = {}
         finished: dict[str, dict[str, Any]] = {}
@@ -240,6 +273,14 @@ def run_sweep(sweep: Sweep, root: str | Path | None = None, options: SweepOption
                 state.status[cfg.run_id()] = summary["status"]
                 state.skipped += 1
         todo = [group for group in groups if any(run_id not in finished for run_id in group.run_ids)]
+        for data in {group.configs[0].data for group in todo}:
+            # Once here, not in every worker: a dataset that went missing (a cleared cache, an
+            # unmounted data.root) refuses the sweep before it writes, instead of failing each run.
+            locate(data)
+        remove_temps(folder)  # left by a killed sweep; under the lock no other writer is in flight
+        write_file(folder / "spec.yaml", sweep.spec_text.encode())
+        write_file(folder / SWEEP_STATE, json_bytes({"name": sweep.name, "base": sweep.base.model_dump(),
+                                                     "axes": list(sweep.axes), "seeds": sweep.seeds}))
         _write_results(folder, rows)
         emit("plan", state, {"groups": todo, "workers": workers, "threads": threads})
 
@@ -279,7 +320,7 @@ def run_sweep(sweep: Sweep, root: str | Path | None = None, options: SweepOption
 
 def _write_results(folder: Path, rows: dict[str, dict[str, Any]]) -> None:
     ordered = [rows[run_id] for run_id in sorted(rows)]
-    atomic_write(folder / "results.csv", csv_bytes(ordered) if ordered else b"run_id,status\n")
+    write_file(folder / RESULTS, csv_bytes(ordered) if ordered else b"run_id,status\n")
 
 
 def describe_plan(sweep: Sweep, root: str | Path | None, options: SweepOptions) -> str:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -76,6 +78,19 @@ def tiny_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny-data")
     write_dataset(root / "MNIST" / "raw")
     return root
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> Iterator[Any]:
+    """One real local Ray instance for the whole session (ray.init twice in a process fails), on
+    loopback only and with no usage reporting: tests send traffic to 127.0.0.1 and nowhere else."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'bnlab[ray]')")
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, logging_level="ERROR",
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
 
 
 @pytest.fixture()

@@ -1,11 +1,9 @@
-"""The Ray executor on a real local Ray instance bound to loopback (one per test session)."""
+"""The Ray executor on a real local Ray instance bound to loopback (conftest's local_ray)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,17 +13,6 @@ from bnlab.spec import load_sweep
 from bnlab.sweep import SweepOptions, run_sweep
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'bnlab[ray]')")
-
-
-@pytest.fixture(scope="session")
-def local_ray() -> Iterator[None]:
-    # Loopback only, no usage reporting: tests send traffic to 127.0.0.1 and nowhere else.
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, logging_level="ERROR",
-             log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def test_ray_sweep_matches_local_and_resumes(tmp_path: Path, tiny_mnist: Path, local_ray: None) -> None:

@@ -19,14 +19,16 @@ from bnlab.spec import load_sweep
 from bnlab.sweep import SweepOptions, run_sweep
 
 
-def write_spec(folder: Path, data_root: Path, *, name: str = "grid", lrs: str = "[0.01, 0.05]",
+def write_spec(folder: Path, data_root: Path | None, *, name: str = "grid", lrs: str = "[0.01, 0.05]",
                seeds: str = "[0, 1]", epochs: int = 2, extra_grid: str = "", base_extra: str = "") -> Path:
+    """A small grid on the tiny dataset; `data_root` None reads it from bnlab's cache ($BNLAB_CACHE)."""
     spec = folder / f"{name}.yaml"
+    root = f"root: '{data_root}', " if data_root else ""
     spec.write_text(f"""\
 name: {name}
 base:
   device: cpu
-  data: {{root: '{data_root}', val_size: 100, verify: false}}
+  data: {{{root}val_size: 100, verify: false}}
   model: {{hidden: [16]{base_extra}}}
   train: {{epochs: {epochs}, batch_size: 32, log_every: 5}}
 grid:
