@@ -8,7 +8,7 @@ of the last quarter of samples minus the median of the first quarter, in MiB.
     python bench/driver_memory.py [--runs 300] [--workers 2]
 
 Ends with one JSON line (keys runs, seconds, rss_first_quarter_mib, rss_last_quarter_mib,
-rss_growth_mib, rss_max_mib, fds_before, fds_after, children_left).
+rss_growth_mib, rss_max_mib, fds_before, fds_after, fds_leaked, children_left).
 """
 
 from __future__ import annotations
@@ -40,8 +40,24 @@ def rss_mib() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def open_fds() -> dict[int, str]:
+    found = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # the listing's own fd, closed by now
+    return found
+
+
+def new_fds(before: dict[int, str], after: dict[int, str]) -> list[str]:
+    """Descriptors opened during the sweep and still open, but for the pipe to multiprocessing's
+    resource tracker: started with the first worker, it lives as long as this process."""
+    from multiprocessing import resource_tracker
+
+    tracker_fd = getattr(resource_tracker._resource_tracker, "_fd", None)
+    return [f"{fd} -> {target}" for fd, target in sorted(after.items())
+            if before.get(fd) != target and fd != tracker_fd]
 
 
 def children() -> list[str]:
@@ -105,11 +121,13 @@ def main() -> None:
     print(f"{finished} runs ({state.counts}) in {seconds:.1f} s")
     print(f"driver RSS: first quarter median {first:.1f} MiB, last quarter median {last:.1f} MiB, "
           f"growth {last - first:+.1f} MiB, max {max(samples):.1f} MiB over {len(samples)} samples")
-    print(f"open fds: {fds_before} before, {fds_after} after; child processes left: {left or 'none'}")
+    leaked = new_fds(fds_before, fds_after)
+    print(f"open fds: {len(fds_before)} before, {len(fds_after)} after (the resource tracker's pipe aside, "
+          f"new: {leaked or 'none'}); child processes left: {left or 'none'}")
     print(json.dumps({"runs": finished, "seconds": round(seconds, 1), "rss_first_quarter_mib": round(first, 1),
                       "rss_last_quarter_mib": round(last, 1), "rss_growth_mib": round(last - first, 1),
-                      "rss_max_mib": round(max(samples), 1), "fds_before": fds_before, "fds_after": fds_after,
-                      "children_left": len(left)}))
+                      "rss_max_mib": round(max(samples), 1), "fds_before": len(fds_before),
+                      "fds_after": len(fds_after), "fds_leaked": len(leaked), "children_left": len(left)}))
 
 
 if __name__ == "__main__":
