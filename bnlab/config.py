@@ -350,8 +350,8 @@ def _did_you_mean(word: str, choices: Sequence[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
-    current: type[BaseModel] = Config
+def _model_at(loc: Sequence[Any], root: type[BaseModel]) -> type[BaseModel] | None:
+    current: type[BaseModel] = root
     for part in loc:
         field = current.model_fields.get(str(part))
         annotation = field.annotation if field else None
@@ -361,13 +361,14 @@ def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
     return current
 
 
-def describe(err: ValidationError) -> str:
-    """The first problem as `dotted.field: what is wrong; allowed ...`, for one line on stderr."""
+def describe(err: ValidationError, root: type[BaseModel] = Config) -> str:
+    """The first problem as `dotted.field: what is wrong; allowed ...`, for one line on stderr;
+    `root` is the model that was validated (a Config, or a sweep spec)."""
     first = err.errors()[0]
     loc = [str(part) for part in first["loc"]]
     field = ".".join(loc) or "(top level)"
     if first["type"] == "extra_forbidden":
-        owner = _model_at(loc[:-1])
+        owner = _model_at(loc[:-1], root)
         allowed = list(owner.model_fields) if owner else []
         what = f"unknown field{_did_you_mean(loc[-1], allowed)}; allowed: {', '.join(allowed)}"
     elif first["type"] == "value_error":

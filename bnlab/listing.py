@@ -34,7 +34,9 @@ def filter_runs(frame: Any, where: Sequence[str]) -> Any:
 
 def varied_fields(frame: Any) -> list[str]:
     config_columns = [c for c in frame.columns if ("." in c and not c.startswith("final.")) or c == "seed"]
-    return [c for c in config_columns if frame[c].map(repr).nunique() > 1]
+    # A damaged row may have no config at all: its blanks would make every field look varied.
+    readable = frame[frame["status"] != "damaged"] if "status" in frame.columns else frame
+    return [c for c in config_columns if readable[c].map(repr).nunique() > 1]
 
 
 def runs_table(path: Path, where: Sequence[str], sort: str | None) -> Any:

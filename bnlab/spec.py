@@ -78,7 +78,7 @@ def load_sweep(path: Path, overrides: Sequence[str] = ()) -> Sweep:
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(f"{path}: {describe_spec(err)}") from None
+        raise ConfigError(f"{path}: {describe(err, SweepSpec)}") from None
     if isinstance(spec.base, str):
         base_path = (path.parent / spec.base) if not Path(spec.base).is_absolute() else Path(spec.base)
         base_raw = read_yaml_mapping(base_path)
@@ -123,14 +123,6 @@ def load_sweep(path: Path, overrides: Sequence[str] = ()) -> Sweep:
                 raise ConfigError(f"{path}: grid cell {where or '(base)'} seed={seed}: {describe(err)}") from None
     return Sweep(name=name, spec_text=path.read_text(), base=base, axes=dict(spec.grid),
                  seeds=list(spec.seeds), configs=configs)
-
-
-def describe_spec(err: ValidationError) -> str:
-    first = err.errors()[0]
-    field = ".".join(str(part) for part in first["loc"])
-    if first["type"] == "extra_forbidden":
-        return f"{field}: unknown field; allowed: {', '.join(SweepSpec.model_fields)}"
-    return f"{field}: {first['msg'].removeprefix('Value error, ')} (got {first.get('input')!r})"
 
 
 def changed_base_fields(old: Config, new: Config) -> list[str]:
