@@ -133,6 +133,7 @@ def test_nothing_bnlab_loads_can_run_code() -> None:
 HOSTILE_NAMES = {
     "../x": "'../x'", "/etc/passwd": "'/etc/passwd'", "a/b": "'a/b'", "a\0b": "'a\\x00b'", "..": "'..'",
     ".hidden": "'.hidden'", "run\n": "'run\\n'", "<script>": "'<script>'", "": "''",
+    "run\x85": "'run\\x85'", "a\u2028b": "'a\\u2028b'",  # line breaks to str.splitlines and terminals
     "a" * 101: "'" + "a" * 56 + "...",
 }
 NAME_RULE = ("name: must be 1-100 letters, digits, '.', '_', '+' or '-', starting with a letter or digit, "
@@ -151,6 +152,20 @@ def test_names_that_leave_runs_are_refused(tmp_path: Path, name: str) -> None:
     assert invoke("sweep", str(spec), "--runs-dir", str(runs)) == (
         2, "", f"error: {spec}: {NAME_RULE}{HOSTILE_NAMES[name]})\n")
     assert not runs.exists()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("grdi: {train.lr: [0.1]}\n", "grdi: unknown field (did you mean 'grid'?); allowed: name, base, grid, seeds"),
+    ("grid: {train.lr: [0.1}\n", "not valid YAML (line 1, column 22): expected ',' or ']', but got '}'"),
+    ("grid: {train.lr: 0.1}\n", "grid.train.lr: Input should be a valid list (got 0.1)"),
+    ("seeds: [1, 1]\n", "seeds: seeds repeat (got [1, 1])"),
+    ("seeds: []\n", "seeds: List should have at least 1 item after validation, not 0 (got [])"),
+])
+def test_bad_spec_is_one_line_before_anything_runs(tmp_path: Path, text: str, message: str) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    assert invoke("sweep", str(spec), "--runs-dir", str(tmp_path / "runs")) == (2, "", f"error: {spec}: {message}\n")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_spec_file_stem_that_is_no_folder_name(tmp_path: Path) -> None:
@@ -267,6 +282,8 @@ def test_damaged_run_is_listed_with_its_problem(finished: tuple[Path, Path], tmp
     assert (code, stderr) == (0, "")
     rows = {line.split("│")[2].strip(): line for line in stdout.splitlines() if line.count("│") > 4}
     assert "│ damaged │" in rows[runs[0].name] and all("│ done " in rows[run.name] for run in runs[1:])
+    code, stdout, _ = invoke("sweep", str(finished[0]), "--runs-dir", str(sweep.parent), "--dry-run")
+    assert code == 0 and "3 already finished, 1 to run" in stdout.splitlines()[0]  # never trusted: redone
 
 
 def test_report_flags_damaged_runs_and_reports_the_others(finished: tuple[Path, Path], tmp_path: Path) -> None:
