@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bnlab.config import Config, apply_overrides, describe, read_yaml_mapping, set_dotted
+from bnlab.config import Config, apply_overrides, cell_values, describe, read_yaml_mapping, set_dotted
 from bnlab.errors import ConfigError
-from bnlab.spec import Sweep, cell_values
+from bnlab.spec import Sweep
 from bnlab.stats import Paired, Verdict, paired_comparison, plain_words, rate_comparison, verdict
 
 CLAIMS_DIR = Path(__file__).resolve().parent.parent / "configs" / "claims"

@@ -111,6 +111,7 @@ def sweep(
     stack: Annotated[str, typer.Option(help="auto: train compatible runs together as one stacked model; off")] = "auto",
     max_stack: Annotated[int, typer.Option(min=1, help="Most runs in one stack")] = 10,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed runs again")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Also redo runs whose config.yaml was edited")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and an estimate; run nothing")] = False,
     runs_dir: RunsDir = None,
 ) -> None:
@@ -123,7 +124,7 @@ def sweep(
 
     console = Console()
     options = SweepOptions(executor=executor, workers=workers, address=address, stack=stack,
-                           max_stack=max_stack, retry_failed=retry_failed)
+                           max_stack=max_stack, retry_failed=retry_failed, force=force)
     with user_errors():
         plan = load_sweep(spec, overrides or [])
         if dry_run:

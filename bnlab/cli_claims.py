@@ -34,6 +34,7 @@ def test_claim(
     address: Annotated[str | None, typer.Option(help="HOST:PORT of a Ray cluster")] = None,
     stack: Annotated[str, typer.Option(help="auto or off")] = "auto",
     runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="Where run folders go")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Also redo runs whose config.yaml was edited")] = False,
     out: Annotated[Path | None, typer.Option(help="Also copy the report there, with verdict.json (findings)")]
     = None,
 ) -> None:
@@ -48,7 +49,7 @@ def test_claim(
         typer.echo(f"error: --budget: {budget!r} is not allowed; allowed: smoke, quick, full", err=True)
         raise typer.Exit(code=2)
     console = Console()
-    options = SweepOptions(executor=executor, workers=workers, address=address, stack=stack)
+    options = SweepOptions(executor=executor, workers=workers, address=address, stack=stack, force=force)
     with user_errors():
         view = SweepLiveView(console) if console.is_terminal else SweepPlainView(console)
         try:

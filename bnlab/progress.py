@@ -104,7 +104,7 @@ def _grid_axes(axes: dict[str, list[Any]]) -> tuple[str | None, str | None]:
 def grid_cells(state: Any) -> tuple[str | None, str | None, dict[tuple[str, str], list[str]]]:
     """The compact grid's axes and each cell's run ids, computed once per sweep: hashing every
     config for every redraw would make a long sweep's display quadratic."""
-    from bnlab.spec import cell_values
+    from bnlab.config import cell_values
 
     row_axis, col_axis = _grid_axes(state.sweep.axes)
     fields = [axis for axis in (row_axis, col_axis) if axis]
@@ -138,6 +138,12 @@ def sweep_grid(state: Any, layout: tuple[str | None, str | None, dict[tuple[str,
     return table
 
 
+def print_damaged(console: Console, state: Any) -> None:
+    """Say which finished-looking runs are redone and why, so no record is replaced in silence."""
+    for run_id, problem in sorted(state.damaged.items()):
+        console.print(f"redoing damaged run {run_id}: {problem}", highlight=False, soft_wrap=True, markup=False)
+
+
 class SweepLiveView:
     def __init__(self, console: Console) -> None:
         from rich.live import Live
@@ -159,6 +165,7 @@ class SweepLiveView:
         if kind == "plan":
             self.workers = payload["workers"]
             self.layout = grid_cells(state)
+            print_damaged(self.console, state)
         self.live.update(RenderGroup(sweep_headline(state, self.workers), sweep_grid(state, self.layout)))
 
 
@@ -176,7 +183,7 @@ class SweepPlainView:
         return None
 
     def __call__(self, kind: str, state: Any, payload: Any) -> None:
-        from bnlab.spec import cell_values
+        from bnlab.config import cell_values
 
         if kind == "plan":
             self.workers = payload["workers"]
@@ -185,6 +192,7 @@ class SweepPlainView:
             self.console.print(f"{sweep_headline(state, self.workers)}; {len(payload['groups'])} group(s) to train "
                                f"on {payload['workers']} worker(s) x {payload['threads']} thread(s)",
                                highlight=False, soft_wrap=True)
+            print_damaged(self.console, state)
         elif kind == "run":
             cfg = self.configs[payload["run_id"]]
             cell = " ".join(f"{k}={v}" for k, v in cell_values(cfg, list(state.sweep.axes)).items())

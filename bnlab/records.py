@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bnlab import faults
-from bnlab.config import Config, read_yaml_mapping, validate
+from bnlab.config import Config, cell_values, changed_fields, read_yaml_mapping, validate
 from bnlab.errors import BnlabError, RecordsError
 
 FORMAT_VERSION = 1
@@ -263,6 +263,28 @@ def read_finished(folder: Path) -> tuple[dict[str, Any], Config]:
     summary = read_summary(folder)
     _check_outputs(folder, summary)
     return summary, config
+
+
+def check_not_edited(folder: Path, expected: Config) -> None:
+    """Refuse to redo a run whose config.yaml a person changed: unlike a torn or garbled file, a
+    config that validates but is not the one its folder was made for is someone's edit, and
+    redoing the run would overwrite it. A missing or damaged config.yaml is not an edit."""
+    try:
+        found = read_config(folder)
+    except BnlabError:
+        return
+    if found.run_id() == expected.run_id():
+        return
+    changed = changed_fields(expected, found)
+    first = changed[0] if changed else "name"
+    was, now = (cell_values(cfg, [first])[first] for cfg in (expected, found)) if changed else ("", "")
+    more = f" and {len(changed) - 1} more field(s)" if len(changed) > 1 else ""
+    raise EditedConfig(f"{folder / CONFIG}: edited after the run ({first}: {was!r} -> {now!r}{more}), so it no "
+                       "longer matches its folder; move the folder away, or pass --force to redo the run there")
+
+
+class EditedConfig(RecordsError):
+    """A run folder's config.yaml validates but is not the config its folder was made for."""
 
 
 def finished_summary(folder: Path) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ import bnlab
 from bnlab.config import Config
 from bnlab.data import Splits, load_dataset
 from bnlab.plots import learning_curves_png
-from bnlab.records import RunFolder, finished_summary, run_folder, runs_dir
+from bnlab.records import RunFolder, check_not_edited, finished_summary, run_folder, runs_dir
 from bnlab.train import OnEvent, RunResult, resolve_device, train
 
 
@@ -146,6 +146,8 @@ def run(cfg: Config, runs_root: str | Path | None = None, force: bool = False,
     existing = finished_summary(folder)
     if existing is not None and not force:
         return RunOutcome(folder, existing, skipped=True)
+    if not force:
+        check_not_edited(folder, cfg)
     splits = load_dataset(cfg.data, device)
     summary = write_run(folder, trained(cfg, train(cfg, splits, on_event), splits))
     return RunOutcome(folder, summary, skipped=False)

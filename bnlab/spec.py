@@ -125,26 +125,3 @@ def load_sweep(path: Path, overrides: Sequence[str] = ()) -> Sweep:
                  seeds=list(spec.seeds), configs=configs)
 
 
-def changed_base_fields(old: Config, new: Config) -> list[str]:
-    """Dotted fields whose base values differ (the name aside)."""
-    return sorted(_diff(old.model_dump(exclude={"name"}), new.model_dump(exclude={"name"})))
-
-
-def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [field for key in old.keys() | new.keys()
-                for field in _diff(old.get(key), new.get(key), f"{prefix}{key}.")]
-    return [] if old == new else [prefix.rstrip(".")]
-
-
-def cell_values(cfg: Config, fields: Sequence[str]) -> dict[str, Any]:
-    """The value of each dotted field in `cfg` (for tables and labels)."""
-    dumped = cfg.model_dump()
-    values = {}
-    for field in fields:
-        node: Any = dumped
-        for part in field.split("."):
-            node = node[part]
-        values[field] = node
-    return values
-

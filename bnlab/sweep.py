@@ -17,21 +17,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bnlab.config import Config, validate
+from bnlab.config import Config, cell_values, changed_fields, validate
 from bnlab.errors import BnlabError, ConfigError, RecordsError
 from bnlab.executors import Group, LocalExecutor, RayExecutor, import_ray
 from bnlab.records import (
     RESULT_METRICS,
     RESULTS,
+    SUMMARY,
+    check_not_edited,
     csv_bytes,
     finished_summary,
     json_bytes,
+    read_finished,
     remove_temps,
     runs_dir,
     strict_json,
     write_file,
 )
-from bnlab.spec import Sweep, cell_values, changed_base_fields
+from bnlab.spec import Sweep
 
 SWEEP_STATE = "sweep.json"
 DEFAULT_MAX_STACK = 10
@@ -57,6 +60,7 @@ class SweepOptions:
     stack: str = "auto"  # auto | off
     max_stack: int = DEFAULT_MAX_STACK
     retry_failed: bool = False
+    force: bool = False  # redo runs whose config.yaml was edited (records.check_not_edited)
 
 
 @dataclass
@@ -70,6 +74,7 @@ class SweepState:
     running: set[str] = field(default_factory=set)
     status: dict[str, str] = field(default_factory=dict)  # run id -> done | diverged | failed | running
     failures: dict[str, str] = field(default_factory=dict)  # run id -> error
+    damaged: dict[str, str] = field(default_factory=dict)  # run id -> why its finished-looking folder is redone
     seconds_per_run: list[float] = field(default_factory=list)
 
 
@@ -148,7 +153,7 @@ def check_base_unchanged(folder: Path, sweep: Sweep) -> None:
         old_axes = set(state.get("axes", []))
     except (ValueError, KeyError, TypeError, BnlabError):
         raise ConfigError(f"{state_path}: damaged; move it away to treat the folder as a new sweep") from None
-    changed = [name for name in changed_base_fields(old_base, sweep.base)
+    changed = [name for name in changed_fields(old_base, sweep.base)
                if name not in old_axes and name not in sweep.axes]
     if changed:
         first = changed[0]
@@ -266,8 +271,16 @@ def run_sweep(sweep: Sweep, root: str | Path | None = None, options: SweepOption
         rows: dict[str, dict[str, Any]] = {}
         finished: dict[str, dict[str, Any]] = {}
         for cfg in sweep.configs:
-            summary = finished_summary(folder / cfg.run_id())
-            if summary is not None and not (options.retry_failed and summary["status"] == "failed"):
+            run_folder = folder / cfg.run_id()
+            try:
+                summary = read_finished(run_folder)[0]
+            except BnlabError as problem:
+                if not options.force:
+                    check_not_edited(run_folder, cfg)
+                if (run_folder / SUMMARY).exists():
+                    state.damaged[cfg.run_id()] = str(problem)
+                continue
+            if not (options.retry_failed and summary["status"] == "failed"):
                 finished[cfg.run_id()] = summary
                 rows[cfg.run_id()] = result_row(summary, cfg, sweep)
                 state.status[cfg.run_id()] = summary["status"]

@@ -314,11 +314,38 @@ def test_sweep_redoes_damaged_and_half_created_runs_in_place(finished: tuple[Pat
     intact = (runs[3] / "summary.json").read_bytes()
     code, stdout, _ = invoke("sweep", str(spec), "--runs-dir", str(sweep.parent), "--dry-run")
     assert code == 0 and "1 already finished, 3 to run" in stdout.splitlines()[0]
+    # An edit is a person's, not damage: refused before anything is written, unless --force.
+    before = {path: path.read_bytes() for path in sweep.rglob("*") if path.is_file()}
     code, stdout, stderr = invoke("sweep", str(spec), "--runs-dir", str(sweep.parent))
+    assert (code, stderr) == (2, f"error: {runs[1]}/config.yaml: edited after the run (train.epochs: 2 -> 3), so it "
+                                 "no longer matches its folder; move the folder away, or pass --force to redo the "
+                                 "run there\n")
+    assert {path: path.read_bytes() for path in sweep.rglob("*") if path.is_file()} == before
+    code, stdout, stderr = invoke("sweep", str(spec), "--runs-dir", str(sweep.parent), "--force")
     assert code == 0, stderr
+    assert f"redoing damaged run {runs[0].name}: {runs[0]}/epochs.csv: line 3: torn" in stdout
+    assert f"redoing damaged run {runs[1].name}: {runs[1]}/config.yaml: does not match its folder" in stdout
     assert stdout.splitlines()[-1].startswith("sweep grid: 3 done, 0 diverged, 0 failed this time; 1 already finished;")
     frame = read_runs(sweep)
     assert set(frame["status"]) == {"done"} and "problem" not in frame.columns
     assert (runs[3] / "summary.json").read_bytes() == intact
-    # The edit is not kept: the run's own config, which hashes to its folder, is written back.
+    # With --force the run's own config, which hashes to its folder, is written back.
     assert "epochs: 2" in (runs[1] / "config.yaml").read_text()
+
+
+def test_run_refuses_to_overwrite_an_edited_config(tmp_path: Path, tiny_config: Path) -> None:
+    runs = tmp_path / "runs"
+    code, _, stderr = invoke("run", str(tiny_config), "--runs-dir", str(runs), "--quiet")
+    assert code == 0, stderr
+    (folder,) = (runs / "tiny").iterdir()
+    config = folder / "config.yaml"
+    config.write_text(config.read_text().replace("lr: 0.01", "lr: 0.02"))
+    (folder / "summary.json").unlink()  # unfinished as well: an edit is refused all the same
+    edited = config.read_bytes()
+    code, _, stderr = invoke("run", str(tiny_config), "--runs-dir", str(runs), "--quiet")
+    assert (code, stderr) == (2, f"error: {config}: edited after the run (train.lr: 0.01 -> 0.02), so it no longer "
+                                 "matches its folder; move the folder away, or pass --force to redo the run there\n")
+    assert config.read_bytes() == edited
+    code, _, stderr = invoke("run", str(tiny_config), "--runs-dir", str(runs), "--quiet", "--force")
+    assert code == 0, stderr
+    assert "lr: 0.01" in config.read_text() and (folder / "summary.json").exists()
