@@ -11,7 +11,7 @@ here: no amsgrad, maximize, dampening, closures or state_dict.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -34,9 +34,12 @@ class _Optimizer:
             for param in group["params"]:
                 param.grad = None
 
-    @staticmethod
-    def _with_grad(group: dict[str, Any]) -> list[torch.Tensor]:
-        return [param for param in group["params"] if param.grad is not None]
+    def _groups_with_grads(self) -> Iterator[tuple[dict[str, Any], list[torch.Tensor]]]:
+        """Each param group with its parameters that have a gradient, as torch.optim skips the rest."""
+        for group in self.param_groups:
+            params = [param for param in group["params"] if param.grad is not None]
+            if params:
+                yield group, params
 
 
 class FusedAdam(_Optimizer):
@@ -48,10 +51,7 @@ class FusedAdam(_Optimizer):
 
     @torch.no_grad()
     def step(self) -> None:
-        for group in self.param_groups:
-            params = self._with_grad(group)
-            if not params:
-                continue
+        for group, params in self._groups_with_grads():
             states = [self._state(param) for param in params]
             steps = [state["step"] for state in states]
             torch._foreach_add_(steps, 1)
@@ -81,10 +81,7 @@ class ForeachSGD(_Optimizer):
 
     @torch.no_grad()
     def step(self) -> None:
-        for group in self.param_groups:
-            params = self._with_grad(group)
-            if not params:
-                continue
+        for group, params in self._groups_with_grads():
             grads = [param.grad for param in params]
             if group["weight_decay"] != 0:
                 grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
