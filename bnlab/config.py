@@ -208,17 +208,24 @@ class _LimitedLoader(yaml.SafeLoader):
         return node
 
 
-def _expanded_size(node: yaml.Node, seen: dict[int, int]) -> int:
-    """Values in `node` with every alias expanded; memoized by node, so linear in the document."""
-    if id(node) not in seen:
-        if isinstance(node, yaml.SequenceNode):
-            children = node.value
-        elif isinstance(node, yaml.MappingNode):
-            children = [child for pair in node.value for child in pair]
-        else:
-            children = []
-        seen[id(node)] = 1 + sum(_expanded_size(child, seen) for child in children)
-    return seen[id(node)]
+def _expanded_size(node: yaml.Node, seen: dict[int, int | None]) -> int:
+    """Values in `node` with every alias expanded; memoized by node, so linear in the document.
+    A node met again while its own size is being counted is an alias into itself (`a: &x [*x]`):
+    infinitely many values."""
+    if id(node) in seen:
+        size = seen[id(node)]
+        if size is None:
+            raise yaml.YAMLError("an alias refers to the node that contains it (a recursive structure)")
+        return size
+    seen[id(node)] = None
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    else:
+        children = []
+    seen[id(node)] = size = 1 + sum(_expanded_size(child, seen) for child in children)
+    return size
 
 
 def parse_yaml_text(text: str, source: str) -> Any:

@@ -11,6 +11,7 @@ here: no amsgrad, maximize, dampening, closures or state_dict.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -27,9 +28,11 @@ class _Optimizer:
         params = list(params)
         groups = params if params and isinstance(params[0], dict) else [{"params": params}]
         self.param_groups = [{**defaults, **group, "params": list(group["params"])} for group in groups]
-        self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+        # As torch.optim's: a parameter never updated (SGD without momentum keeps nothing) still
+        # has an entry, which the stacked engine reads when a member leaves the stack.
+        self.state: defaultdict[torch.Tensor, dict[str, torch.Tensor]] = defaultdict(dict)
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self) -> None:
         for group in self.param_groups:
             for param in group["params"]:
                 param.grad = None
@@ -61,14 +64,14 @@ class FusedAdam(_Optimizer):
                         maximize=False, grad_scale=None, found_inf=None)
 
     def _state(self, param: torch.Tensor) -> dict[str, torch.Tensor]:
-        state = self.state.get(param)
-        if state is None:
+        state = self.state[param]
+        if not state:
             # As torch.optim's fused Adam: a float32 step counter on the parameter's device.
-            state = self.state[param] = {
+            state.update({
                 "step": torch.zeros((), dtype=torch.float32, device=param.device),
                 "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
                 "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format),
-            }
+            })
         return state
 
 
@@ -87,7 +90,7 @@ class ForeachSGD(_Optimizer):
                 grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
             momentum = group["momentum"]
             if momentum != 0:
-                buffers = [self.state.setdefault(param, {}).get("momentum_buffer") for param in params]
+                buffers = [self.state[param].get("momentum_buffer") for param in params]
                 if all(buffer is not None for buffer in buffers):
                     torch._foreach_mul_(buffers, momentum)
                     torch._foreach_add_(buffers, grads, alpha=1)

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # no display on servers and CI; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
@@ -53,9 +54,13 @@ class _Curves:
             for axis in (self.loss_axis, self.acc_axis):
                 axis.legend(fontsize=8)
             self.legend_with_batch = bool(logged)
-        for axis in (self.loss_axis, self.acc_axis):
+        for axis, empty_ylim in ((self.loss_axis, (0.1, 10.0)), (self.acc_axis, (0.0, 100.0))):
             axis.relim()
-            axis.autoscale_view()
+            if np.isfinite(axis.dataLim.get_points()).all():
+                axis.set_autoscale_on(True)  # set_xlim/set_ylim below turn it off for later runs
+                axis.autoscale_view()
+            else:  # nothing finite to show (a run that diverged at once): not the previous run's view
+                axis.set(xlim=(0.0, 1.0), ylim=empty_ylim)
         self.title.set_text(title)
         buffer = io.BytesIO()
         self.figure.savefig(buffer, format="png", dpi=110)

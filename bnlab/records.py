@@ -157,6 +157,11 @@ class RunFolder:
 # --- reading back --------------------------------------------------------------------------------
 
 
+class UnreadableRecord(RecordsError):
+    """A record that could not be read (permissions, an I/O error, a flaky mount), as opposed to
+    one whose content is damaged: the run may be whole, so nothing may redo it over this."""
+
+
 def read_summary(folder: Path) -> dict[str, Any]:
     """The summary of a finished run; RecordsError naming the file when it is missing or damaged."""
     path = folder / SUMMARY
@@ -164,7 +169,9 @@ def read_summary(folder: Path) -> dict[str, Any]:
         summary = json.loads(path.read_text())
     except FileNotFoundError:
         raise RecordsError(f"{path}: missing (the run did not finish)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except OSError as err:
+        raise UnreadableRecord(f"{path}: cannot read: {err.strerror or err}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise RecordsError(f"{path}: damaged: {err}") from None
     if not isinstance(summary, dict) or summary.get("status") not in FINISHED_STATUSES:
         raise RecordsError(f"{path}: damaged: no valid status")
@@ -193,7 +200,7 @@ def read_metrics_csv(path: Path) -> list[dict[str, str]]:
     except FileNotFoundError:
         raise RecordsError(f"{path}: missing") from None
     except OSError as err:
-        raise RecordsError(f"{path}: cannot read: {err.strerror or err}") from None
+        raise UnreadableRecord(f"{path}: cannot read: {err.strerror or err}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -250,9 +257,9 @@ def _check_outputs(folder: Path, summary: dict[str, Any]) -> None:
         epochs = tables[EPOCHS]
         last_step = epochs[-1].get("step") if epochs else None
         final_step = (summary.get("final") or {}).get("step")
-        if last_step is None or (final_step is not None and float(last_step) != final_step):
-            raise RecordsError(f"{folder / EPOCHS}: ends at step {last_step}, summary.json says {final_step}: "
-                               "rows are missing")
+        if not last_step or (final_step is not None and float(last_step) != final_step):
+            raise RecordsError(f"{folder / EPOCHS}: ends at step {last_step or '(none)'}, summary.json says "
+                               f"{final_step}: rows are missing")
 
 
 def read_finished(folder: Path) -> tuple[dict[str, Any], Config]:
@@ -275,9 +282,9 @@ def check_not_edited(folder: Path, expected: Config) -> None:
         return
     if found.run_id() == expected.run_id():
         return
-    changed = changed_fields(expected, found)
-    first = changed[0] if changed else "name"
-    was, now = (cell_values(cfg, [first])[first] for cfg in (expected, found)) if changed else ("", "")
+    changed = changed_fields(expected, found)  # never empty: the run id hashes every field but the name
+    first = changed[0]
+    was, now = (cell_values(cfg, [first])[first] for cfg in (expected, found))
     more = f" and {len(changed) - 1} more field(s)" if len(changed) > 1 else ""
     raise EditedConfig(f"{folder / CONFIG}: edited after the run ({first}: {was!r} -> {now!r}{more}), so it no "
                        "longer matches its folder; move the folder away, or pass --force to redo the run there")
@@ -288,9 +295,12 @@ class EditedConfig(RecordsError):
 
 
 def finished_summary(folder: Path) -> dict[str, Any] | None:
-    """The summary if `folder` holds a finished, consistent run, else None (redo it)."""
+    """The summary if `folder` holds a finished, consistent run, else None (redo it). A record
+    that cannot be read at all raises UnreadableRecord: redoing would overwrite a run that may be whole."""
     try:
         return read_finished(folder)[0]
+    except UnreadableRecord:
+        raise
     except BnlabError:
         return None
 

@@ -24,6 +24,7 @@ from bnlab.records import (
     RESULT_METRICS,
     RESULTS,
     SUMMARY,
+    UnreadableRecord,
     check_not_edited,
     csv_bytes,
     finished_summary,
@@ -274,6 +275,8 @@ def run_sweep(sweep: Sweep, root: str | Path | None = None, options: SweepOption
             run_folder = folder / cfg.run_id()
             try:
                 summary = read_finished(run_folder)[0]
+            except UnreadableRecord:
+                raise  # the run may be whole: stop rather than redo it over a read error
             except BnlabError as problem:
                 if not options.force:
                     check_not_edited(run_folder, cfg)

@@ -356,7 +356,7 @@ def train(cfg: Config, splits: Splits, on_event: OnEvent | None = None) -> RunRe
             xb, yb = splits.train_x[indices], splits.train_y[indices]
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             step += 1
             log_now, eval_now = schedule.logs(step), schedule.evaluates(step)

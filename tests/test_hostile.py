@@ -48,6 +48,14 @@ def test_yaml_alias_bomb_is_refused(tmp_path: Path, levels: int, problem: str) -
     assert invoke("config", "show", str(path)) == (2, "", f"error: {path}: not valid YAML: {problem}\n")
 
 
+@pytest.mark.parametrize("text", ["a: &x [*x]\n", "model: &x {hidden: *x}\n"])
+def test_an_alias_into_its_own_node_is_refused(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "loop.yaml"
+    path.write_text(text)
+    assert invoke("config", "show", str(path)) == (
+        2, "", f"error: {path}: not valid YAML: an alias refers to the node that contains it (a recursive structure)\n")
+
+
 @pytest.mark.parametrize("text", ["a: " + "[" * 3000 + "]" * 3000, "{a: " * 3000])
 def test_nesting_past_the_recursion_limit_is_refused(tmp_path: Path, text: str) -> None:
     path = tmp_path / "deep.yaml"
@@ -247,6 +255,10 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], Callable[[Path], str]]] = {
     "epochs.csv cut at a line end": (
         lambda run: (run / "epochs.csv").write_text("".join((run / "epochs.csv").read_text().splitlines(True)[:-1])),
         lambda run: "epochs.csv: ends at step {}, summary.json says {}: rows are missing".format(*_cut_steps(run))),
+    "epochs.csv last step empty": (
+        lambda run: _replace_line(run / "epochs.csv", len(lines := (run / "epochs.csv").read_text().splitlines()),
+                                  _set_field(lines[-1], lines[0], "step", "")),
+        lambda run: f"epochs.csv: ends at step (none), summary.json says {_cut_steps(run)[1]}: rows are missing"),
     "epochs.csv missing": (lambda run: (run / "epochs.csv").unlink(), lambda run: "epochs.csv: missing"),
     "steps.csv row 3 is abc,,": (
         lambda run: _replace_line(run / "steps.csv", 4, "abc,,"),
@@ -349,3 +361,18 @@ def test_run_refuses_to_overwrite_an_edited_config(tmp_path: Path, tiny_config: 
     code, _, stderr = invoke("run", str(tiny_config), "--runs-dir", str(runs), "--quiet", "--force")
     assert code == 0, stderr
     assert "lr: 0.01" in config.read_text() and (folder / "summary.json").exists()
+
+
+def test_an_unreadable_record_stops_the_sweep_instead_of_redoing_the_run(finished: tuple[Path, Path],
+                                                                         tmp_path: Path) -> None:
+    """A read error (here: summary.json is a folder; in life a permission or an I/O error) says
+    nothing about whether the run is whole, so the sweep must not redo it over the error."""
+    spec, _ = finished
+    sweep, runs = copy_runs(finished, tmp_path)
+    summary = runs[0] / "summary.json"
+    summary.unlink()
+    summary.mkdir()
+    before = {path: path.read_bytes() for path in sweep.rglob("*") if path.is_file()}
+    code, _, stderr = invoke("sweep", str(spec), "--runs-dir", str(sweep.parent))
+    assert (code, stderr) == (2, f"error: {summary}: cannot read: Is a directory\n")
+    assert {path: path.read_bytes() for path in sweep.rglob("*") if path.is_file()} == before

@@ -40,7 +40,7 @@ def trained(kind: str, settings: dict, ours: bool) -> list[torch.Tensor]:
     data = torch.Generator().manual_seed(1)
     for _ in range(25):
         x, y = torch.randn(32, 20, generator=data), torch.randint(0, 4, (32,), generator=data)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
     return [p.detach().clone() for p in model.parameters()]
