@@ -22,7 +22,16 @@ import bnlab
 from bnlab.config import Config
 from bnlab.data import Splits, load_dataset
 from bnlab.plots import learning_curves_png
-from bnlab.records import RunFolder, check_not_edited, finished_summary, run_folder, runs_dir
+from bnlab.records import (
+    ERROR,
+    METRICS_CSVS,
+    WEIGHTS,
+    RunFolder,
+    check_not_edited,
+    finished_summary,
+    run_folder,
+    runs_dir,
+)
 from bnlab.train import OnEvent, RunResult, resolve_device, train
 
 
@@ -125,14 +134,12 @@ def write_run(folder: Path, run: Trained) -> dict[str, Any]:
     records = RunFolder(folder)
     records.start(cfg)
     if result is None:
-        records.write_text("error.txt", run.traceback or run.error or "")
+        records.write_text(ERROR, run.traceback or run.error or "failed, with no message")
     else:
-        records.write_csv("epochs.csv", result.epochs)
-        records.write_csv("steps.csv", result.steps)
-        records.write_csv("probes.csv", result.probes)
-        records.write_csv("evals.csv", result.evals)
+        for name, rows in zip(METRICS_CSVS, (result.epochs, result.steps, result.probes, result.evals), strict=True):
+            records.write_csv(name, rows)
         records.write_bytes("plots/learning_curves.png", run.curves_png)
-        records.write_bytes("model.pt", run.weights)
+        records.write_bytes(WEIGHTS, run.weights)
     summary = build_summary(run)
     records.finish(summary)
     return summary
