@@ -108,7 +108,9 @@ def _literature_column(finding: dict[str, Any]) -> str:
         return "–"
     if finding["disagrees_with_literature"]:
         return f"**disagrees** (expected {expected})"
-    if expected == "mixed" or finding["outcome"] == "inconclusive":
+    if expected == "mixed":
+        return "mixed: no expectation to meet"
+    if finding["outcome"] == "inconclusive":
         return f"not settled here (expected {expected})"
     return "agrees"
 

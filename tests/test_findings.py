@@ -9,7 +9,9 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from bnlab.cli import app
-from bnlab.findings import TABLE_END, TABLE_START
+from bnlab.findings import TABLE_END, TABLE_START, read_findings, table_in, verdict_table
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_claim_test_out_writes_findings_and_the_table_reads_them(tmp_path: Path, tiny_mnist: Path) -> None:
@@ -42,3 +44,12 @@ def test_claim_table_of_a_folder_without_findings_is_one_line(tmp_path: Path) ->
     result = CliRunner().invoke(app, ["claim", "table", str(tmp_path)])
     assert (result.exit_code, result.stderr) == (2, f"error: {tmp_path}: no findings here (no */verdict.json)\n")
 
+
+def test_readme_verdict_table_is_generated_from_the_shipped_findings() -> None:
+    findings = read_findings(ROOT / "docs" / "findings")
+    shipped = table_in((ROOT / "README.md").read_text())
+    assert shipped is not None, "README.md has no generated verdict table"
+    assert shipped == verdict_table(findings), "README's verdict table is stale: paste `bnlab claim table`"
+    for finding in findings:
+        report = (ROOT / "docs" / "findings" / finding["suite"] / "report.md").read_text()
+        assert f"budget: {finding['budget']}" in report and finding["summary"] in report
