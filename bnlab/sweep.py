@@ -27,7 +27,6 @@ from bnlab.records import (
     UnreadableRecord,
     check_not_edited,
     csv_bytes,
-    finished_summary,
     json_bytes,
     read_finished,
     remove_temps,
@@ -235,6 +234,30 @@ class _Lock:
 # --- running -------------------------------------------------------------------------------------
 
 
+def existing_runs(sweep: Sweep, folder: Path, options: SweepOptions) -> tuple[dict[str, Any], dict[str, str]]:
+    """What is already in the sweep folder: (summaries of the finished runs to keep, by run id;
+    why each finished-looking but damaged run will be redone). Raises before anything is
+    written for an edited config.yaml (unless --force) and for a record that cannot be read (the
+    run may be whole). The sweep and --dry-run both ask here, so the plan is what will run."""
+    finished: dict[str, Any] = {}
+    damaged: dict[str, str] = {}
+    for cfg in sweep.configs:
+        run_folder = folder / cfg.run_id()
+        try:
+            summary = read_finished(run_folder)[0]
+        except UnreadableRecord:
+            raise
+        except BnlabError as problem:
+            if not options.force:
+                check_not_edited(run_folder, cfg)
+            if (run_folder / SUMMARY).exists():
+                damaged[cfg.run_id()] = str(problem)
+            continue
+        if not (options.retry_failed and summary["status"] == "failed"):
+            finished[cfg.run_id()] = summary
+    return finished, damaged
+
+
 def _raise_interrupted(signum: int, _frame: Any) -> None:
     raise Interrupted(signum)
 
@@ -270,23 +293,11 @@ def run_sweep(sweep: Sweep, root: str | Path | None = None, options: SweepOption
         check_base_unchanged(folder, sweep)
         state = SweepState(sweep, total=len(sweep.configs))
         rows: dict[str, dict[str, Any]] = {}
-        finished: dict[str, dict[str, Any]] = {}
+        finished, state.damaged = existing_runs(sweep, folder, options)
         for cfg in sweep.configs:
-            run_folder = folder / cfg.run_id()
-            try:
-                summary = read_finished(run_folder)[0]
-            except UnreadableRecord:
-                raise  # the run may be whole: stop rather than redo it over a read error
-            except BnlabError as problem:
-                if not options.force:
-                    check_not_edited(run_folder, cfg)
-                if (run_folder / SUMMARY).exists():
-                    state.damaged[cfg.run_id()] = str(problem)
-                continue
-            if not (options.retry_failed and summary["status"] == "failed"):
-                finished[cfg.run_id()] = summary
-                rows[cfg.run_id()] = result_row(summary, cfg, sweep)
-                state.status[cfg.run_id()] = summary["status"]
+            if cfg.run_id() in finished:
+                rows[cfg.run_id()] = result_row(finished[cfg.run_id()], cfg, sweep)
+                state.status[cfg.run_id()] = finished[cfg.run_id()]["status"]
                 state.skipped += 1
         todo = [group for group in groups if any(run_id not in finished for run_id in group.run_ids)]
         for data in {group.configs[0].data for group in todo}:
@@ -343,12 +354,13 @@ def describe_plan(sweep: Sweep, root: str | Path | None, options: SweepOptions) 
     """What --dry-run prints: counts, what varies, the stack plan, the executor, a time estimate."""
     groups = plan_groups(sweep.configs, options.stack, options.max_stack)
     folder = sweep_folder(sweep, root)
-    finished = {cfg.run_id() for cfg in sweep.configs if finished_summary(folder / cfg.run_id()) is not None}
+    finished, damaged = existing_runs(sweep, folder, options)
     todo = [group for group in groups if any(run_id not in finished for run_id in group.run_ids)]
     workers, threads = plan_workers(options)
     cells = len(sweep.configs) // len(sweep.seeds)
     lines = [f"sweep {sweep.name}: {len(sweep.configs)} runs ({cells} cell(s) x {len(sweep.seeds)} seed(s)); "
              f"{len(finished)} already finished, {len(sweep.configs) - len(finished)} to run, in {folder}"]
+    lines += [f"  redo damaged {run_id}: {problem}" for run_id, problem in sorted(damaged.items())]
     lines += [f"  varies {axis}: {values}" for axis, values in sweep.axes.items()]
     lines.append(f"  seeds: {sweep.seeds}")
     sizes = sorted((len(group.configs) for group in todo), reverse=True)

@@ -294,8 +294,11 @@ def test_damaged_run_is_listed_with_its_problem(finished: tuple[Path, Path], tmp
     assert (code, stderr) == (0, "")
     rows = {line.split("│")[2].strip(): line for line in stdout.splitlines() if line.count("│") > 4}
     assert "│ damaged │" in rows[runs[0].name] and all("│ done " in rows[run.name] for run in runs[1:])
-    code, stdout, _ = invoke("sweep", str(finished[0]), "--runs-dir", str(sweep.parent), "--dry-run")
-    assert code == 0 and "3 already finished, 1 to run" in stdout.splitlines()[0]  # never trusted: redone
+    code, stdout, stderr = invoke("sweep", str(finished[0]), "--runs-dir", str(sweep.parent), "--dry-run")
+    if case == "config.yaml edited":  # someone's edit: refused rather than redone (see the next tests)
+        assert code == 2 and "config.yaml: edited after the run" in stderr
+    else:
+        assert code == 0 and "3 already finished, 1 to run" in stdout.splitlines()[0]  # never trusted: redone
 
 
 def test_report_flags_damaged_runs_and_reports_the_others(finished: tuple[Path, Path], tmp_path: Path) -> None:
@@ -324,15 +327,18 @@ def test_sweep_redoes_damaged_and_half_created_runs_in_place(finished: tuple[Pat
     shutil.rmtree(runs[2])
     runs[2].mkdir()  # half-created: the folder, nothing in it
     intact = (runs[3] / "summary.json").read_bytes()
-    code, stdout, _ = invoke("sweep", str(spec), "--runs-dir", str(sweep.parent), "--dry-run")
-    assert code == 0 and "1 already finished, 3 to run" in stdout.splitlines()[0]
-    # An edit is a person's, not damage: refused before anything is written, unless --force.
+    # An edit is a person's, not damage: refused before anything is written, unless --force;
+    # --dry-run says so too, since it plans from the same reading of the folder.
     before = {path: path.read_bytes() for path in sweep.rglob("*") if path.is_file()}
-    code, stdout, stderr = invoke("sweep", str(spec), "--runs-dir", str(sweep.parent))
-    assert (code, stderr) == (2, f"error: {runs[1]}/config.yaml: edited after the run (train.epochs: 2 -> 3), so it "
-                                 "no longer matches its folder; move the folder away, or pass --force to redo the "
-                                 "run there\n")
+    refused = (2, f"error: {runs[1]}/config.yaml: edited after the run (train.epochs: 2 -> 3), so it no longer "
+                  "matches its folder; move the folder away, or pass --force to redo the run there\n")
+    for extra in (["--dry-run"], []):
+        code, stdout, stderr = invoke("sweep", str(spec), "--runs-dir", str(sweep.parent), *extra)
+        assert (code, stderr) == refused
     assert {path: path.read_bytes() for path in sweep.rglob("*") if path.is_file()} == before
+    code, stdout, _ = invoke("sweep", str(spec), "--runs-dir", str(sweep.parent), "--dry-run", "--force")
+    assert code == 0 and "1 already finished, 3 to run" in stdout.splitlines()[0]
+    assert f"  redo damaged {runs[0].name}: {runs[0]}/epochs.csv: line 3: torn" in stdout
     code, stdout, stderr = invoke("sweep", str(spec), "--runs-dir", str(sweep.parent), "--force")
     assert code == 0, stderr
     assert f"redoing damaged run {runs[0].name}: {runs[0]}/epochs.csv: line 3: torn" in stdout
