@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -82,9 +83,40 @@ def execute(group: Group, raw: Any = None) -> list[Any]:
 # --- local worker processes --------------------------------------------------------------------
 
 
-def _worker_main(conn: Connection, threads: int) -> None:
-    # The driver owns Ctrl-C: it stops workers itself after telling the user what was kept.
+def start_method(groups: Sequence[Group], threads: int) -> str:
+    """fork where it is safe, else spawn. A spawned worker imports torch and bnlab afresh, 3.5-4 s
+    per worker here (an eighth of a 20-run batch-128 sweep); a forked one starts with the driver's.
+    fork is unsafe on macOS (system frameworks), for a child that would use CUDA after the driver
+    touched it, and for a child that runs OpenMP with more than one thread after the driver did (GNU
+    libgomp's pool does not survive fork). One-thread CPU children are torch's DataLoader workers' case."""
+    if not sys.platform.startswith("linux") or threads != 1:
+        return "spawn"
+    from bnlab.train import resolve_device
+
+    devices = {group.configs[0].device for group in groups}
+    on_cpu = all(device == "cpu" or (device == "auto" and resolve_device(device).type == "cpu") for device in devices)
+    return "fork" if on_cpu else "spawn"
+
+
+def _die_with_driver(driver_pid: int) -> None:
+    """A worker of a killed driver stops at once (Linux), instead of finishing its group for nobody
+    while holding the sweep folder's lock, which a forked worker inherits."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != driver_pid:  # the driver died before prctl took effect
+        os._exit(1)
+
+
+def _worker_main(conn: Connection, threads: int, driver_pid: int) -> None:
+    # The driver owns Ctrl-C and SIGTERM: it stops workers itself after telling the user what was
+    # kept (a forked worker inherits the driver's handlers: reset them).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_driver(driver_pid)
     import torch
 
     torch.set_num_threads(threads)
@@ -100,7 +132,7 @@ def _worker_main(conn: Connection, threads: int) -> None:
 class _Worker:
     def __init__(self, context: Any, threads: int) -> None:
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, threads), daemon=True)
+        self.process = context.Process(target=_worker_main, args=(child, threads, os.getpid()), daemon=True)
         self.process.start()
         child.close()
 
@@ -122,8 +154,7 @@ class LocalExecutor:
     def run(self, groups: Sequence[Group], on_start: OnStart, on_done: OnDone) -> None:
         import multiprocessing
 
-        # spawn, not fork: forking a process that has started torch's thread pools can hang.
-        context = multiprocessing.get_context("spawn")
+        context = multiprocessing.get_context(start_method(groups, self.threads))
         pending = deque(groups)
         pool = [_Worker(context, self.threads) for _ in range(min(self.workers, len(groups)))]
         idle = list(pool)

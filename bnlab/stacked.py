@@ -40,6 +40,7 @@ from bnlab.train import (
     RunBook,
     RunResult,
     epoch_order,
+    gather_batch,
     make_schedule,
     run_timings,
 )
@@ -326,8 +327,8 @@ def train_stack(cfgs: Sequence[Config], splits: Splits, on_event: OnEvent | None
         seen = 0
         for batch_index in range(schedule.steps_in_epoch(step)):
             indices = stack.order[:, batch_index * batch_size : (batch_index + 1) * batch_size]  # (K, B)
-            y = splits.train_y[indices]
-            losses, correct = stack.forward_backward(splits.train_x[indices], y)
+            x, y = gather_batch(splits, indices)
+            losses, correct = stack.forward_backward(x, y)
             step += 1
             log_now, eval_now = schedule.logs(step), schedule.evaluates(step)
             if log_now:

@@ -70,6 +70,15 @@ def epoch_order(seed: int, epoch: int, n_train: int, device: torch.device) -> to
     return torch.randperm(n_train, generator=generator(seed, STREAM_DATA_ORDER, epoch)).to(device)
 
 
+def gather_batch(splits: Splits, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images and labels at `indices`, of any shape: (B,) for a solo run, (K, B) for a
+    stack. index_select, not splits.train_x[indices]: advanced indexing gathers element by element,
+    5-8x slower for rows of 784 floats on this CPU (2.4 ms against 0.3 ms per batch-128 step of 10)."""
+    flat = indices.reshape(-1)
+    x = splits.train_x.index_select(0, flat).view(*indices.shape, splits.train_x.shape[1])
+    return x, splits.train_y.index_select(0, flat).view(indices.shape)
+
+
 def batches_per_epoch(n_train: int, batch_size: int, has_bn: bool) -> int:
     """Full batches, plus the partial last one unless BN would see a single sample there."""
     full, remainder = divmod(n_train, batch_size)
@@ -353,7 +362,7 @@ def train(cfg: Config, splits: Splits, on_event: OnEvent | None = None) -> RunRe
         seen = 0
         for batch_index in range(schedule.steps_in_epoch(step)):
             indices = permutation[batch_index * cfg.train.batch_size : (batch_index + 1) * cfg.train.batch_size]
-            xb, yb = splits.train_x[indices], splits.train_y[indices]
+            xb, yb = gather_batch(splits, indices)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             optimizer.zero_grad()

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from typer.testing import CliRunner
 
 from bnlab.cli import app
@@ -240,6 +241,26 @@ def test_interrupt_keeps_finished_runs_and_says_how_to_resume(tmp_path: Path, ti
     assert left == []
 
 
+def test_workers_die_with_a_killed_driver_and_free_the_folder(tmp_path: Path, tiny_mnist: Path) -> None:
+    # The driver alone is killed: its forked workers hold a copy of the folder lock, and must not
+    # train on for nobody and make the next sweep wait or be refused.
+    spec = write_spec(tmp_path, tiny_mnist, epochs=60, lrs="[0.01]", seeds="[0, 1]")
+    runs = tmp_path / "runs"
+    process = subprocess.Popen(sweep_command(spec, runs, "--stack", "off", "--workers", "2"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while len(_children(process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(_children(process.pid)) >= 2
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 10
+    while (left := _session_members(process.pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == []
+    FileLock(runs / "grid" / ".lock").acquire(timeout=0)  # raises Timeout while any process holds it
+
+
 def _session_members(session: int) -> list[str]:
     return subprocess.run(["pgrep", "-s", str(session)], capture_output=True, text=True).stdout.split()
 
@@ -264,9 +285,9 @@ def test_killed_worker_fails_only_its_own_run(tmp_path: Path, tiny_mnist: Path) 
     deadline = time.monotonic() + 60
     workers: list[int] = []
     while time.monotonic() < deadline and len(workers) < 2:
-        # spawn's helper (the resource tracker) is a child too; workers run multiprocessing.spawn.
+        # multiprocessing's resource tracker may be a child too.
         workers = [pid for pid in _children(process.pid)
-                   if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+                   if "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
         time.sleep(0.05)
     time.sleep(1.0)  # let both start training
     os.kill(workers[0], signal.SIGKILL)
@@ -277,3 +298,13 @@ def test_killed_worker_fails_only_its_own_run(tmp_path: Path, tiny_mnist: Path) 
     assert len(failed) == 1
     assert failed[0]["error"] == "worker process killed by signal 9 (SIGKILL)"
     assert sum(row["status"] == "done" for row in rows) == 3
+
+
+def test_workers_are_forked_only_where_that_is_safe(tmp_path: Path, tiny_mnist: Path) -> None:
+    from bnlab.executors import start_method
+    from bnlab.sweep import plan_groups
+
+    groups = plan_groups(load_sweep(write_spec(tmp_path, tiny_mnist)).configs, "auto", 10)
+    assert start_method(groups, threads=1) == ("fork" if sys.platform.startswith("linux") else "spawn")
+    # A child running OpenMP with 2 threads after the driver did can hang: spawn (faults tests' path).
+    assert start_method(groups, threads=2) == "spawn"
