@@ -12,7 +12,7 @@ import functools
 import io
 import platform
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +56,14 @@ def git_commit() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
-def provenance() -> dict[str, Any]:
+def provenance(torch_threads: int) -> dict[str, Any]:
     import numpy
 
     return {
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "numpy": numpy.__version__, "bnlab": bnlab.__version__},
         "git_commit": git_commit(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch_threads,
     }
 
 
@@ -83,6 +83,8 @@ class Trained:
     # Rendered where the run trained: in a sweep, workers draw in parallel instead of the driver
     # drawing every run's figure one after another at the end.
     curves_png: bytes = b""
+    # Counted where the record is made, so a sweep's runs show their worker's threads, not the driver's.
+    torch_threads: int = field(default_factory=torch.get_num_threads)
 
     @property
     def status(self) -> str:
@@ -123,7 +125,7 @@ def build_summary(run: Trained) -> dict[str, Any]:
         "stack_size": run.stack_size,
         "dataset": run.dataset,
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        **provenance(),
+        **provenance(run.torch_threads),
     }
 
 

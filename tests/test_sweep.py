@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from bnlab.cli import app
 from bnlab.records import read_summary
 from bnlab.spec import load_sweep
-from bnlab.sweep import SweepOptions, run_sweep
+from bnlab.sweep import SweepOptions, plan_workers, run_sweep
 
 
 def write_spec(folder: Path, data_root: Path | None, *, name: str = "grid", lrs: str = "[0.01, 0.05]",
@@ -96,6 +96,7 @@ def test_sweep_layout_results_and_ls(tmp_path: Path, tiny_mnist: Path) -> None:
     for row in rows:
         summary = read_summary(folder / row["run_id"])
         assert float(row["test_acc"]) == summary["final"]["test_acc"]
+        assert summary["torch_threads"] == plan_workers(SweepOptions())[1]  # the worker's, not this process's
 
     listing = CliRunner().invoke(app, ["ls", str(folder), "--where", "model.bn=after", "--sort", "test_acc"],
                                  env={"COLUMNS": "200"})
