@@ -99,6 +99,8 @@ def run(
     test_acc = summary["final"].get("test_acc")
     result = f"test_acc {100 * test_acc:.2f}%" if test_acc is not None else summary["status"]
     typer.echo(f"wrote {outcome.folder} ({result}, {summary['timings']['seconds_total']:.1f} s)")
+    if outcome.redid_damaged:
+        typer.echo(f"  in place of a damaged record: {outcome.redid_damaged}")
 
 
 @app.command()

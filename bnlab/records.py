@@ -305,6 +305,21 @@ def finished_summary(folder: Path) -> dict[str, Any] | None:
         return None
 
 
+def inspect_run(folder: Path, cfg: Any, force: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """What `folder` holds for `cfg`, as `bnlab run` and the sweep both decide it: (the summary of a
+    finished run, None), (None, why a finished-looking run is damaged and will be redone), or (None,
+    None) when nothing finished is there. Raises UnreadableRecord (the run may be whole) and, unless
+    `force`, EditedConfig: neither may be overwritten."""
+    try:
+        return read_finished(folder)[0], None
+    except UnreadableRecord:
+        raise
+    except BnlabError as problem:
+        if not force:
+            check_not_edited(folder, cfg)
+        return None, str(problem) if (folder / SUMMARY).exists() else None
+
+
 def run_folders(path: Path) -> list[Path]:
     """Every run folder at or under `path`: a folder holding a config.yaml or a summary.json."""
     if (path / CONFIG).exists() or (path / SUMMARY).exists():

@@ -27,8 +27,7 @@ from bnlab.records import (
     METRICS_CSVS,
     WEIGHTS,
     RunFolder,
-    check_not_edited,
-    finished_summary,
+    inspect_run,
     run_folder,
     runs_dir,
 )
@@ -40,6 +39,7 @@ class RunOutcome:
     folder: Path
     summary: dict[str, Any]
     skipped: bool  # an identical finished run was already there
+    redid_damaged: str | None = None  # what was wrong with the record this run replaced
 
 
 @functools.cache
@@ -152,11 +152,9 @@ def run(cfg: Config, runs_root: str | Path | None = None, force: bool = False,
     """Train `cfg` and write runs/<name>/<run id>/; an identical finished run is kept unless `force`."""
     device = resolve_device(cfg.device)
     folder = run_folder(runs_dir(runs_root), cfg)
-    existing = finished_summary(folder)
+    existing, damage = inspect_run(folder, cfg, force)
     if existing is not None and not force:
         return RunOutcome(folder, existing, skipped=True)
-    if not force:
-        check_not_edited(folder, cfg)
     splits = load_dataset(cfg.data, device)
     summary = write_run(folder, trained(cfg, train(cfg, splits, on_event), splits))
-    return RunOutcome(folder, summary, skipped=False)
+    return RunOutcome(folder, summary, skipped=False, redid_damaged=damage)

@@ -23,12 +23,9 @@ from bnlab.executors import Group, LocalExecutor, RayExecutor, import_ray
 from bnlab.records import (
     RESULT_METRICS,
     RESULTS,
-    SUMMARY,
-    UnreadableRecord,
-    check_not_edited,
     csv_bytes,
+    inspect_run,
     json_bytes,
-    read_finished,
     remove_temps,
     runs_dir,
     strict_json,
@@ -242,18 +239,10 @@ def existing_runs(sweep: Sweep, folder: Path, options: SweepOptions) -> tuple[di
     finished: dict[str, Any] = {}
     damaged: dict[str, str] = {}
     for cfg in sweep.configs:
-        run_folder = folder / cfg.run_id()
-        try:
-            summary = read_finished(run_folder)[0]
-        except UnreadableRecord:
-            raise
-        except BnlabError as problem:
-            if not options.force:
-                check_not_edited(run_folder, cfg)
-            if (run_folder / SUMMARY).exists():
-                damaged[cfg.run_id()] = str(problem)
-            continue
-        if not (options.retry_failed and summary["status"] == "failed"):
+        summary, damage = inspect_run(folder / cfg.run_id(), cfg, options.force)
+        if damage is not None:
+            damaged[cfg.run_id()] = damage
+        if summary is not None and not (options.retry_failed and summary["status"] == "failed"):
             finished[cfg.run_id()] = summary
     return finished, damaged
 

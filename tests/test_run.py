@@ -100,6 +100,19 @@ def test_finished_run_is_kept_unless_forced(tmp_path: Path, tiny_config: Path) -
     assert (folder / "summary.json").read_bytes() != before  # new timings
 
 
+def test_a_damaged_run_is_redone_and_says_what_it_replaced(tmp_path: Path, tiny_config: Path) -> None:
+    runs = tmp_path / "runs"
+    assert CliRunner().invoke(app, ["run", str(tiny_config), "--runs-dir", str(runs), "--quiet"]).exit_code == 0
+    (folder,) = (runs / "tiny").iterdir()
+    (folder / "summary.json").write_text('{"status": "done", ')  # cut off mid-write by something else
+    again = CliRunner().invoke(app, ["run", str(tiny_config), "--runs-dir", str(runs), "--quiet"])
+    assert again.exit_code == 0, again.output
+    lines = again.stdout.splitlines()
+    assert lines[0].startswith(f"wrote {folder} (test_acc ")
+    assert lines[1].startswith(f"  in place of a damaged record: {folder / 'summary.json'}: damaged: ")
+    assert _strict_json_load(folder / "summary.json")["status"] == "done"
+
+
 def test_bnlab_runs_env_names_the_runs_dir(tmp_path: Path, tiny_config: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BNLAB_RUNS", str(tmp_path / "from-env"))
