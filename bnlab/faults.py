@@ -1,4 +1,5 @@
-"""Test-only faults at the record writer's IO points: crash and I/O-error tests, SQLite style.
+"""Test-only faults: crashes and I/O errors at the record writer's IO points (SQLite style), and
+holds at progress events, so a test acts on a sweep, a worker or a run at a known point.
 
 Why this exists: a SIGKILL at a random moment almost never lands in the microseconds between a
 temp file's write, its fsync, its rename and its folder's fsync, yet those windows are where a
@@ -11,6 +12,17 @@ before each IO operation, and these variables, read once at import, turn one poi
   BNLAB_TEST_RECORD_IO=<log file>                 append "<point> <path>" per hit, to count them
 
 Unset (always, outside tests), `point` returns at its first line.
+
+Holds. A test that kills, interrupts or races a process must not guess when it is mid-work: on a
+fast machine the work is over before a sleep ends, on a slow one it has not begun. So the sweep
+driver ("sweep.plan", "sweep.start", "sweep.run", "sweep.end") and the training loop in any
+process ("train.start", "train.step", "train.epoch", "train.end") call `hold(name)` at each of
+their progress events. With BNLAB_TEST_HOLDS=<folder> set (tests/conftest.py sets it before any
+process starts, Ray's workers included), a file <folder>/<name> holding n arms a hold: the first
+process to pass that event for the n-th time renames it to <name>.held-<pid> and waits until the
+test deletes that file (or kills the process). The variable and the folder are read at every pass,
+not at import, because Ray's workers outlive any one test. A file <folder>/events.log, when it
+exists, receives "<name> <pid>" per pass, so a test can choose a random event that will happen.
 """
 
 from __future__ import annotations
@@ -18,6 +30,8 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,3 +95,37 @@ def point(name: str, path: Path) -> None:
 
 
 configure()
+
+
+# A holder that nobody releases (a test that crashed before its cleanup) goes on after this.
+HOLD_LIMIT_SECONDS = 600.0
+_passes: Counter[tuple[int, str]] = Counter()  # keyed by pid too: a forked worker starts from zero
+
+
+def hold(name: str) -> None:
+    """Called at each progress event; a no-op unless BNLAB_TEST_HOLDS is set (only in tests)."""
+    folder = os.environ.get("BNLAB_TEST_HOLDS")
+    if not folder:
+        return
+    pid = os.getpid()
+    _passes[pid, name] += 1
+    events = os.path.join(folder, "events.log")
+    if os.path.exists(events):
+        with open(events, "a") as log:
+            log.write(f"{name} {pid}\n")
+    request = os.path.join(folder, name)
+    try:
+        with open(request) as armed:
+            wanted = int(armed.read() or 1)
+    except (FileNotFoundError, ValueError):
+        return
+    held = f"{request}.held-{pid}"
+    if _passes[pid, name] < wanted:
+        return
+    try:
+        os.rename(request, held)  # atomic: of several processes at this event, one holds
+    except FileNotFoundError:
+        return
+    deadline = time.monotonic() + HOLD_LIMIT_SECONDS
+    while os.path.exists(held) and time.monotonic() < deadline:
+        time.sleep(0.01)

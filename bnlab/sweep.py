@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bnlab import faults
 from bnlab.config import Config, cell_values, changed_fields, validate
 from bnlab.errors import BnlabError, ConfigError, RecordsError
 from bnlab.executors import Group, LocalExecutor, RayExecutor, import_ray
@@ -210,9 +211,9 @@ class _Lock:
 
     def _holder(self) -> str:
         """The holder writes its pid just after it takes the lock, so a sweep started at the same
-        moment can look before it is there, or see the pid a killed holder left: wait a little
-        for the pid of a live process."""
-        for _ in range(40):
+        moment can look before it is there, or see the pid a killed holder left: wait for the pid
+        of a live process, up to 10 s on a loaded machine, usually milliseconds."""
+        for _ in range(400):
             try:
                 pid = int(self.pid_file.read_text())
                 os.kill(pid, 0)
@@ -260,7 +261,12 @@ def run_sweep(sweep: Sweep, root: str | Path | None = None, options: SweepOption
     from bnlab.train import resolve_device
 
     options = options or SweepOptions()
-    emit = on_event or (lambda kind, state, payload: None)
+    notify = on_event or (lambda kind, state, payload: None)
+
+    def emit(kind: str, state: SweepState, payload: Any) -> None:
+        faults.hold(f"sweep.{kind}")
+        notify(kind, state, payload)
+
     for device in {cfg.device for cfg in sweep.configs}:
         resolve_device(device)  # a missing device is bad input: refuse before anything runs
     if options.executor not in ("local", "ray"):
@@ -307,11 +313,13 @@ def run_sweep(sweep: Sweep, root: str | Path | None = None, options: SweepOption
             emit("start", state, group)
 
         def on_done(group: Group, records: list[Any]) -> None:
+            recorded = []
             for record in records:
                 run_id = record.config.run_id()
                 if run_id in finished:
                     continue  # trained again only as a member of its stack; its record stands
                 summary = write_run(folder / run_id, record)
+                recorded.append(summary)
                 finished[run_id] = summary
                 rows[run_id] = result_row(summary, record.config, sweep)
                 state.running.discard(run_id)
@@ -321,8 +329,11 @@ def run_sweep(sweep: Sweep, root: str | Path | None = None, options: SweepOption
                     state.failures[run_id] = summary.get("error") or ""
                 if record.result is not None:
                     state.seconds_per_run.append(record.result.timings["seconds_total"] / record.stack_size)
-                emit("run", state, summary)
+            # results.csv first: a sweep stopped at a "run" event (Ctrl-C in a progress redraw)
+            # has already listed every run it announces.
             _write_results(folder, rows)
+            for summary in recorded:
+                emit("run", state, summary)
 
         previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnlab import faults
 from bnlab.config import Config, TrainConfig
 from bnlab.data import Splits
 from bnlab.errors import ConfigError
@@ -258,14 +259,18 @@ class RunBook:
 
     def __init__(self, cfg: Config, splits: Splits, model: nn.Sequential, schedule: Schedule,
                  emit: OnEvent) -> None:
-        self.cfg, self.splits, self.model, self.schedule, self.emit = cfg, splits, model, schedule, emit
+        self.cfg, self.splits, self.model, self.schedule, self._on_event = cfg, splits, model, schedule, emit
         self.probe = PreActivationProbe(model, splits.train_x[:PROBE_SAMPLES])
         self.probe_every = schedule.log_every * max(1, math.ceil(schedule.total_steps
                                                                  / (schedule.log_every * PROBE_POINTS)))
         self.result = RunResult(status="done", device=str(splits.train_x.device))
         self.result.probes += self.probe.record(0)
-        emit({"kind": "start", "total_steps": schedule.total_steps, "epochs": schedule.epochs,
-              "per_epoch": schedule.per_epoch})
+        self.emit({"kind": "start", "total_steps": schedule.total_steps, "epochs": schedule.epochs,
+                   "per_epoch": schedule.per_epoch})
+
+    def emit(self, event: dict[str, Any]) -> None:
+        faults.hold(f"train.{event['kind']}")
+        self._on_event(event)
 
     def record_step(self, step: int, epoch: int, batch: tuple[float, float, float] | None, eval_now: bool) -> bool:
         """A steps row: `batch` is (loss, accuracy, gradient norm) on a log step, else None.

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
+import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,12 @@ os.environ["BNLAB_NO_NPM"] = "1"
 os.environ["BNLAB_MIRRORS"] = "http://127.0.0.1:9/"  # the discard port: refused at once
 os.environ.pop("BNLAB_DATA", None)
 os.environ.pop("BNLAB_RUNS", None)
+# The holds folder (bnlab/faults.py) is named before any process starts, the session's Ray
+# instance included, so every process a test starts or reuses checks it.
+HOLDS = Path(tempfile.mkdtemp(prefix="bnlab-holds-"))
+os.environ["BNLAB_TEST_HOLDS"] = str(HOLDS)
+# A wait for a held process or a lock bounds how long a test can hang; it never decides an outcome.
+WAIT_SECONDS = 240
 
 TINY_TRAIN = 400
 TINY_TEST = 200
@@ -108,3 +118,53 @@ eval: {{batch_sizes: [50]}}
 """
     )
     return path
+
+
+class Holds:
+    """Arm, await and release holds at progress events (bnlab/faults.py): a test acts on a sweep,
+    worker or run while it waits at a known point, however fast or slow the machine trains."""
+
+    def arm(self, event: str, n: int = 1) -> None:
+        """The first process to pass `event` for the n-th time (counted per process) waits there."""
+        temp = HOLDS / f".{event}.tmp"
+        temp.write_text(str(n))
+        temp.rename(HOLDS / event)  # a process never reads half a request
+
+    def wait(self, event: str, process: subprocess.Popen | None = None) -> int | None:
+        """The pid of the process held at `event`; None if `process` ended without getting there."""
+        deadline = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < deadline:
+            held = sorted(HOLDS.glob(f"{event}.held-*"))
+            if held:
+                return int(held[0].name.rsplit("-", 1)[1])
+            if process is not None and process.poll() is not None:
+                return None
+            time.sleep(0.01)
+        raise AssertionError(f"no process held at {event} after {WAIT_SECONDS} s")
+
+    def release(self, event: str) -> None:
+        for held in HOLDS.glob(f"{event}.held-*"):
+            held.unlink()
+
+    def record(self) -> Path:
+        """Start logging every event passed, as "<event> <pid>" lines."""
+        log = HOLDS / "events.log"
+        log.touch()
+        return log
+
+    def clear(self) -> None:
+        """Disarm every hold and let every held process go on."""
+        for path in HOLDS.iterdir():
+            path.unlink()
+
+
+@pytest.fixture()
+def holds() -> Iterator[Holds]:
+    control = Holds()
+    control.clear()
+    yield control
+    control.clear()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(HOLDS, ignore_errors=True)

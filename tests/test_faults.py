@@ -23,7 +23,6 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require, write_dataset
-from test_sweep import _session_members, read_results, sweep_command, write_spec
+from conftest import WAIT_SECONDS, Holds, require, write_dataset
+from test_sweep import assert_no_processes_left, read_results, sweep_command, write_spec
 from typer.testing import CliRunner
 
 from bnlab import faults
@@ -44,8 +43,6 @@ from bnlab.records import SUMMARY, finished_summary, validate_store
 from bnlab.runner import Trained, write_run
 from bnlab.spec import Sweep, load_sweep
 from bnlab.sweep import SweepOptions, plan_groups, run_sweep
-
-pytestmark = pytest.mark.timeout(180)
 
 # Every sweep here trains with the same workers and threads, so all give the same numbers (22).
 OPTIONS = SweepOptions(workers=1)  # one worker to spawn per sweep: most of a tiny sweep's cost
@@ -62,7 +59,7 @@ class Reference:
     store: Path  # the uninterrupted sweep's folder, runs/grid
     cache: Path  # $BNLAB_CACHE, holding the tiny dataset
     groups: list[Group]
-    seconds: float  # how long the uninterrupted sweep took
+    events: list[tuple[str, int]]  # (progress event, n): each event a process of the sweep passed n times
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +71,21 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reference]:
     write_dataset(cache / "mnist")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("BNLAB_CACHE", str(cache))
-        spec = write_spec(base, None, lrs="[0.01, 0.05]", seeds="[0]", epochs=1)
+        spec = write_spec(base, None, lrs="[0.01, 0.05]", seeds="[0]", epochs=1, racing=True)
         sweep = load_sweep(spec)
-        started = time.monotonic()
+        holds = Holds()
+        holds.clear()
+        log = holds.record()
         state = run_sweep(sweep, base / "reference", OPTIONS)
+        passes = [tuple(line.split()) for line in log.read_text().splitlines()]
+        holds.clear()
         assert state.counts == {"done": 4, "diverged": 0, "failed": 0}
         groups = plan_groups(sweep.configs, OPTIONS.stack, OPTIONS.max_stack)
         assert [len(group.configs) for group in groups] == [2, 2]
-        yield Reference(spec, sweep, base / "reference" / "grid", cache, groups, time.monotonic() - started)
+        events = [(event, passes[: index + 1].count((event, pid))) for index, (event, pid) in enumerate(passes)]
+        assert {event for event, _ in events} >= {"sweep.plan", "sweep.start", "sweep.run", "sweep.end",
+                                                   "train.start", "train.epoch", "train.end"}
+        yield Reference(spec, sweep, base / "reference" / "grid", cache, groups, events)
 
 
 def _volatile(key: str) -> bool:
@@ -119,14 +123,6 @@ def copy_without(reference: Reference, dest: Path, group: Group) -> Path:
     other runs finished, no folder for `group`'s runs, no results.csv (rewritten at every start)."""
     shutil.copytree(reference.store, dest, ignore=shutil.ignore_patterns(*group.run_ids, "results.csv"))
     return dest
-
-
-def assert_no_processes_left(session: int) -> None:
-    # multiprocessing's resource tracker may take a moment to see its pipe close.
-    deadline = time.monotonic() + 10
-    while (left := _session_members(session)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert left == []
 
 
 # --- processes, filesystems ----------------------------------------------------------------------
@@ -350,36 +346,27 @@ def test_an_io_error_in_the_sweep_driver_is_one_line_exit_2_and_resumable(
 # --- 1: SIGKILL of the whole sweep at random moments -----------------------------------------------
 
 
-def _wait_for_lock(store: Path, process: subprocess.Popen) -> None:
-    """Until `process` holds the sweep's lock: it has planned and is about to write."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if (store / ".lock.pid").read_text() == str(process.pid):
-                return
-        except FileNotFoundError:
-            pass
-        assert process.poll() is None, "the sweep ended before it took its lock"
-        time.sleep(0.02)
-    raise AssertionError(f"{store}: not locked by pid {process.pid} after 120 s")
-
-
-def test_random_sigkills_of_the_sweep_lose_nothing_and_redo_nothing(reference: Reference, tmp_path: Path) -> None:
+def test_random_sigkills_of_the_sweep_lose_nothing_and_redo_nothing(reference: Reference, tmp_path: Path,
+                                                                     holds: Holds) -> None:
+    """A random moment is a random progress event of the driver or its worker, chosen from those an
+    uninterrupted sweep passes, held there and then killed: the first start always dies mid-work,
+    however fast the machine; the second dies if what is left still reaches its event."""
     rng = random.Random(1)
     root = tmp_path / "runs"
     store = root / "grid"
     kept: dict[str, bytes] = {}  # run id -> summary.json, once finished
     kills = 0
     for attempt in range(1, 4):
+        event, n = rng.choice(reference.events) if attempt <= 2 else (None, 0)  # then a start that runs to the end
+        if event:
+            holds.arm(event, n)
         process = subprocess.Popen(sweep_command(reference.spec, root, *CLI), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, start_new_session=True)
-        if attempt <= 2:  # then a last start that runs to the end
-            _wait_for_lock(store, process)
-            time.sleep(rng.uniform(0, 0.75 * reference.seconds))  # anywhere in what is left to do
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)  # the driver and its workers
-                kills += 1
-        _, stderr = process.communicate(timeout=120)
+        if event and holds.wait(event, process) is not None:
+            os.killpg(process.pid, signal.SIGKILL)  # the driver and its worker
+            kills += 1
+        _, stderr = process.communicate(timeout=WAIT_SECONDS)
+        holds.clear()
         assert process.returncode in (0, -signal.SIGKILL), stderr
         assert_no_processes_left(process.pid)
         assert validate_store(store) == [], attempt
@@ -397,23 +384,24 @@ def test_random_sigkills_of_the_sweep_lose_nothing_and_redo_nothing(reference: R
 
 
 def test_two_sweeps_started_together_one_is_refused_the_other_reproduces_the_reference(
-        reference: Reference, tmp_path: Path) -> None:
+        reference: Reference, tmp_path: Path, holds: Holds) -> None:
     """The winner is also the determinism gate, what makes "equals the reference" a test at all: an
     uninterrupted CLI sweep reproduces the in-process reference file for file (same workers,
     threads and stacks), wall clock aside."""
     root = tmp_path / "runs"
+    holds.arm("sweep.plan")  # whichever takes the lock first keeps it, held, until the other is refused
     both = [subprocess.Popen(sweep_command(reference.spec, root, *CLI), stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True, start_new_session=True) for _ in range(2)]
     try:
-        deadline = time.monotonic() + 120
-        while all(process.poll() is None for process in both) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        loser = next(process for process in both if process.poll() is not None)
-        winner = next(process for process in both if process is not loser)
+        winner_pid = holds.wait("sweep.plan")
+        winner = next(process for process in both if process.pid == winner_pid)
+        loser = next(process for process in both if process is not winner)
+        _, refused = loser.communicate(timeout=WAIT_SECONDS)
         assert loser.returncode == 2
-        assert loser.communicate()[1] == (f"error: {root / 'grid'}: another bnlab sweep (pid {winner.pid}) is "
-                                          "running on this folder; wait for it to finish or stop it\n")
-        _, stderr = winner.communicate(timeout=120)
+        assert refused == (f"error: {root / 'grid'}: another bnlab sweep (pid {winner.pid}) is "
+                           "running on this folder; wait for it to finish or stop it\n")
+        holds.release("sweep.plan")
+        _, stderr = winner.communicate(timeout=WAIT_SECONDS)
         assert winner.returncode == 0, stderr
     finally:
         for process in both:
@@ -435,7 +423,7 @@ def test_a_full_disk_stops_the_sweep_naming_the_file_and_loses_nothing(reference
         filler.write_bytes(b"\0" * (free_bytes(disk) - 48 * 1024))  # room for a few small files, not a run
         process = subprocess.Popen(sweep_command(reference.spec, disk, *CLI), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True, start_new_session=True)
-        _, stderr = process.communicate(timeout=120)
+        _, stderr = process.communicate(timeout=WAIT_SECONDS)
         assert process.returncode == 2, stderr
         assert "Traceback" not in stderr
         assert re.fullmatch(rf"error: {re.escape(str(store))}/\w+/[\w/.]+: cannot write: No space left on device",
@@ -533,37 +521,21 @@ def test_a_deleted_data_cache_refuses_the_next_sweep_before_it_writes(reference:
 # --- 3, 21: a killed Ray worker --------------------------------------------------------------------
 
 
-def _ray_task_pids() -> list[int]:
-    """Ray workers retitle themselves ray::<task> while a task runs (ray::IDLE between tasks)."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if cmdline.read_bytes().startswith(b"ray::_ray_execute"):
-                found.append(int(cmdline.parent.name))
-        except OSError:
-            continue
-    return found
-
-
-def test_a_killed_ray_worker_fails_only_its_group(reference: Reference, tmp_path: Path, local_ray: Any) -> None:
+def test_a_killed_ray_worker_fails_only_its_group(reference: Reference, tmp_path: Path, local_ray: Any,
+                                                 holds: Holds) -> None:
     killed: list[int] = []
-    sweep_over = threading.Event()
 
-    def kill_the_first_task() -> None:
-        while not killed and not sweep_over.is_set():
-            for pid in _ray_task_pids()[:1]:
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-            time.sleep(0.01)
+    def kill_the_held_task() -> None:
+        pid = holds.wait("train.start")
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
 
-    watcher = threading.Thread(target=kill_the_first_task, daemon=True)
+    holds.arm("train.start")  # the first Ray task to start training holds there
+    watcher = threading.Thread(target=kill_the_held_task, daemon=True)
     watcher.start()
     on_ray = SweepOptions(executor="ray", workers=OPTIONS.workers)
-    try:
-        state = run_sweep(reference.sweep, tmp_path / "runs", on_ray)
-    finally:
-        sweep_over.set()  # never a stray kill in a later test's Ray worker
-        watcher.join(timeout=5)
+    state = run_sweep(reference.sweep, tmp_path / "runs", on_ray)
+    watcher.join(timeout=WAIT_SECONDS)
     assert len(killed) == 1
     assert state.counts == {"done": 2, "diverged": 0, "failed": 2}  # the killed stack, both its runs
     assert len(state.failures) == 2

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import WAIT_SECONDS
 from torch import nn
 
 from bnlab.config import TrainConfig
@@ -59,5 +60,5 @@ def test_a_run_never_imports_torch_dynamo(tiny_config) -> None:
     code = ("import sys; from pathlib import Path; from bnlab.config import load_config; from bnlab.runner import run; "
             f"run(load_config(Path({str(tiny_config)!r}), []), {str(tiny_config.parent / 'runs')!r}); "
             "print('torch._dynamo' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT_SECONDS)
     assert (done.returncode, done.stdout) == (0, "False\n"), done.stderr

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import WAIT_SECONDS
 from test_sweep import masked, read_results, write_spec
 
 from bnlab.spec import load_sweep
@@ -32,7 +33,7 @@ def test_without_ray_the_message_says_how_to_install(tmp_path: Path, tiny_mnist:
     spec = write_spec(tmp_path, tiny_mnist)
     hide_ray = ("import sys; sys.modules['ray'] = None; from bnlab.cli import app; "
                 f"app(['sweep', {str(spec)!r}, '--executor', 'ray', '--runs-dir', {str(tmp_path / 'runs')!r}])")
-    result = subprocess.run([sys.executable, "-c", hide_ray], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", hide_ray], capture_output=True, text=True, timeout=WAIT_SECONDS)
     assert result.returncode == 2
     assert result.stderr == ("error: --executor ray: Ray is not installed; install it with pip install "
                              "\"bnlab[ray]\" or use --executor local\n")

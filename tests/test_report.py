@@ -20,7 +20,7 @@ import matplotlib.image
 import pandas as pd
 import pytest
 import typer
-from conftest import require, write_dataset
+from conftest import WAIT_SECONDS, require, write_dataset
 from test_sweep import write_spec
 from typer.testing import CliRunner
 
@@ -339,7 +339,7 @@ def browse(browser: str, page: Path, workdir: Path) -> tuple[bytes, str]:
                     f"--user-data-dir={workdir / 'profile'}", f"--screenshot={shot}", "--window-size=1280,4000",
                     "--hide-scrollbars", "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND",
                     f"--log-net-log={net_log}", page.resolve().as_uri()],
-                   capture_output=True, timeout=120, check=True)
+                   capture_output=True, timeout=WAIT_SECONDS, check=True)
     return shot.read_bytes(), net_log.read_text()
 
 

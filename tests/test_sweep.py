@@ -11,27 +11,36 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import WAIT_SECONDS, Holds
 from filelock import FileLock
 from typer.testing import CliRunner
 
 from bnlab.cli import app
-from bnlab.records import read_summary
+from bnlab.records import finished_summary, read_summary
 from bnlab.spec import load_sweep
 from bnlab.sweep import SweepOptions, plan_workers, run_sweep
 
+# What a much faster machine looks like to a test that acts on a sweep mid-work: each of its runs
+# trains one step (BNLAB_TEST_INSTANT=1). Such a test holds the sweep at a known point first
+# (conftest.Holds), so it passes however fast or slow the runs train.
+INSTANT = os.environ.get("BNLAB_TEST_INSTANT", "") not in ("", "0")
+
 
 def write_spec(folder: Path, data_root: Path | None, *, name: str = "grid", lrs: str = "[0.01, 0.05]",
-               seeds: str = "[0, 1]", epochs: int = 2, extra_grid: str = "", base_extra: str = "") -> Path:
-    """A small grid on the tiny dataset; `data_root` None reads it from bnlab's cache ($BNLAB_CACHE)."""
+               seeds: str = "[0, 1]", epochs: int = 2, extra_grid: str = "", base_extra: str = "",
+               racing: bool = False) -> Path:
+    """A small grid on the tiny dataset; `data_root` None reads it from bnlab's cache ($BNLAB_CACHE).
+    `racing`: the spec of a test that acts on the sweep while it runs (see INSTANT)."""
     spec = folder / f"{name}.yaml"
     root = f"root: '{data_root}', " if data_root else ""
+    length = "steps: 1" if racing and INSTANT else f"epochs: {epochs}"
     spec.write_text(f"""\
 name: {name}
 base:
   device: cpu
   data: {{{root}val_size: 100, verify: false}}
   model: {{hidden: [16]{base_extra}}}
-  train: {{epochs: {epochs}, batch_size: 32, log_every: 5}}
+  train: {{{length}, batch_size: 32, log_every: 5}}
 grid:
   train.lr: {lrs}
   model.bn: [none, after]
@@ -145,7 +154,7 @@ def test_failed_and_diverged_runs_are_recorded_and_the_sweep_goes_on(tmp_path: P
     spec.write_text(text)
     runs = tmp_path / "runs"
     result = subprocess.run(sweep_command(spec, runs, "--stack", "off"), capture_output=True, text=True,
-                            timeout=240)
+                            timeout=WAIT_SECONDS)
     assert result.returncode == 1, result.stderr
     rows = {row["run_id"]: row for row in read_results(runs / "grid" / "results.csv")}
     by_cell = {(row["train.lr"], row["model.bn"], row["data.train_subset"]): row for row in rows.values()}
@@ -160,58 +169,53 @@ def test_failed_and_diverged_runs_are_recorded_and_the_sweep_goes_on(tmp_path: P
         assert (runs / "grid" / run_id / "error.txt").read_text().startswith("Traceback")
     assert "re-run with --retry-failed" in result.stderr
 
-    plain = subprocess.run(sweep_command(spec, runs, "--stack", "off"), capture_output=True, text=True, timeout=240)
+    plain = subprocess.run(sweep_command(spec, runs, "--stack", "off"), capture_output=True, text=True,
+                           timeout=WAIT_SECONDS)
     assert plain.returncode == 0 and "0 done, 0 diverged, 0 failed this time; 8 already finished" in plain.stdout
     retry = subprocess.run(sweep_command(spec, runs, "--stack", "off", "--retry-failed"), capture_output=True,
-                           text=True, timeout=240)
+                           text=True, timeout=WAIT_SECONDS)
     assert retry.returncode == 1
     assert "0 done, 0 diverged, 2 failed this time; 6 already finished" in retry.stdout
 
 
-def _wait_for_done_rows(results: Path, at_least: int, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if results.exists() and sum(r["status"] == "done" for r in read_results(results)) >= at_least:
-            return
-        assert process.poll() is None, "the sweep ended before it could be interrupted"
-        time.sleep(0.05)
-    raise AssertionError(f"no {at_least} finished runs in {results} after {timeout} s")
+def _finished(store: Path) -> set[str]:
+    return {folder.name for folder in store.iterdir() if folder.is_dir() and finished_summary(folder) is not None}
 
 
-def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path: Path, tiny_mnist: Path) -> None:
-    spec = write_spec(tmp_path, tiny_mnist, lrs="[0.01, 0.02, 0.05]", seeds="[0, 1]", epochs=6)
+def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path: Path, tiny_mnist: Path, holds: Holds) -> None:
+    spec = write_spec(tmp_path, tiny_mnist, lrs="[0.01, 0.02, 0.05]", seeds="[0, 1]", epochs=3, racing=True)
     reference = tmp_path / "reference"
     subprocess.run(sweep_command(spec, reference, "--stack", "off", "--workers", "2"), check=True,
-                   capture_output=True, timeout=240)
+                   capture_output=True, timeout=WAIT_SECONDS)
     runs = tmp_path / "runs"
     results = runs / "grid" / "results.csv"
+    holds.arm("sweep.run", 3)  # the driver, just after it recorded its third finished run
     process = subprocess.Popen(sweep_command(spec, runs, "--stack", "off", "--workers", "2"),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    _wait_for_done_rows(results, 3, process)
-    os.killpg(process.pid, signal.SIGKILL)
+    assert holds.wait("sweep.run", process) == process.pid
+    os.killpg(process.pid, signal.SIGKILL)  # the driver and both workers, mid-sweep
     process.wait()
-    killed_rows = read_results(results)
-    finished_before = {r["run_id"] for r in killed_rows if r["status"] == "done"}
-    assert 3 <= len(finished_before) < 12
+    finished_before = _finished(runs / "grid")
+    assert len(finished_before) == 3
+    assert {r["run_id"] for r in read_results(results) if r["status"] == "done"} == finished_before
     resumed = subprocess.run(sweep_command(spec, runs, "--stack", "off", "--workers", "2"), capture_output=True,
-                             text=True, timeout=240)
+                             text=True, timeout=WAIT_SECONDS)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"{len(finished_before)} already finished" in resumed.stdout
-    assert f"{12 - len(finished_before)} done" in resumed.stdout  # nothing run twice, nothing lost
+    assert "3 already finished" in resumed.stdout
+    assert "9 done" in resumed.stdout  # nothing run twice, nothing lost
     assert masked(read_results(results)) == masked(read_results(reference / "grid" / "results.csv"))
     assert not list((runs / "grid").rglob("*.tmp"))
 
 
-def test_second_sweep_on_the_same_folder_is_refused(tmp_path: Path, tiny_mnist: Path) -> None:
-    spec = write_spec(tmp_path, tiny_mnist, epochs=30)
+def test_second_sweep_on_the_same_folder_is_refused(tmp_path: Path, tiny_mnist: Path, holds: Holds) -> None:
+    spec = write_spec(tmp_path, tiny_mnist, racing=True)
     runs = tmp_path / "runs"
+    holds.arm("sweep.plan")  # the first sweep, holding the folder's lock, about to train
     first = subprocess.Popen(sweep_command(spec, runs, "--stack", "off"), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while not (runs / "grid" / ".lock.pid").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        second = subprocess.run(sweep_command(spec, runs), capture_output=True, text=True, timeout=60)
+        assert holds.wait("sweep.plan", first) == first.pid
+        second = subprocess.run(sweep_command(spec, runs), capture_output=True, text=True, timeout=WAIT_SECONDS)
         assert second.returncode == 2
         assert second.stderr == (f"error: {runs / 'grid'}: another bnlab sweep (pid {first.pid}) is running on this "
                                  "folder; wait for it to finish or stop it\n")
@@ -221,45 +225,49 @@ def test_second_sweep_on_the_same_folder_is_refused(tmp_path: Path, tiny_mnist: 
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupt_keeps_finished_runs_and_says_how_to_resume(tmp_path: Path, tiny_mnist: Path,
+def test_interrupt_keeps_finished_runs_and_says_how_to_resume(tmp_path: Path, tiny_mnist: Path, holds: Holds,
                                                              signum: int, code: int) -> None:
-    spec = write_spec(tmp_path, tiny_mnist, epochs=8, lrs="[0.01, 0.02, 0.05]")
+    spec = write_spec(tmp_path, tiny_mnist, lrs="[0.01, 0.02, 0.05]", racing=True)
     runs = tmp_path / "runs"
+    holds.arm("sweep.run")  # the driver, just after it recorded its first finished run
     process = subprocess.Popen(sweep_command(spec, runs, "--stack", "off"), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-    _wait_for_done_rows(runs / "grid" / "results.csv", 1, process)
+    assert holds.wait("sweep.run", process) == process.pid
     process.send_signal(signum)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=WAIT_SECONDS)
     assert process.returncode == code
     assert stderr.strip().splitlines()[-1] == (f"interrupted by {signal.Signals(signum).name}: finished runs are "
                                                "kept; run the same command again to resume")
-    done = [row for row in read_results(runs / "grid" / "results.csv") if row["status"] == "done"]
-    assert done and all(read_summary(runs / "grid" / row["run_id"])["status"] == "done" for row in done)
-    # No worker left behind (multiprocessing's resource tracker may take a moment to see EOF).
-    deadline = time.monotonic() + 10
-    while (left := _session_members(process.pid)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert left == []
+    done = {row["run_id"] for row in read_results(runs / "grid" / "results.csv") if row["status"] == "done"}
+    assert done and done == _finished(runs / "grid") and len(done) < 12
+    assert all(read_summary(runs / "grid" / run_id)["status"] == "done" for run_id in done)
+    assert_no_processes_left(process.pid)
 
 
-def test_workers_die_with_a_killed_driver_and_free_the_folder(tmp_path: Path, tiny_mnist: Path) -> None:
+def test_workers_die_with_a_killed_driver_and_free_the_folder(tmp_path: Path, tiny_mnist: Path,
+                                                              holds: Holds) -> None:
     # The driver alone is killed: its forked workers hold a copy of the folder lock, and must not
     # train on for nobody and make the next sweep wait or be refused.
-    spec = write_spec(tmp_path, tiny_mnist, epochs=60, lrs="[0.01]", seeds="[0, 1]")
+    spec = write_spec(tmp_path, tiny_mnist, lrs="[0.01]", seeds="[0, 1]", racing=True)
     runs = tmp_path / "runs"
+    holds.arm("train.start")  # a worker, busy with a run
     process = subprocess.Popen(sweep_command(spec, runs, "--stack", "off", "--workers", "2"),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while len(_children(process.pid)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert len(_children(process.pid)) >= 2
+    worker = holds.wait("train.start", process)
+    assert worker in _children(process.pid)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    deadline = time.monotonic() + 10
-    while (left := _session_members(process.pid)) and time.monotonic() < deadline:
+    assert_no_processes_left(process.pid)
+    FileLock(runs / "grid" / ".lock").acquire(timeout=0)  # raises Timeout while any process holds it
+
+
+def assert_no_processes_left(session: int) -> None:
+    # A wait bounded by a deadline: multiprocessing's resource tracker may take a moment to see its
+    # pipe close. Every process of the session must be gone before it ends.
+    deadline = time.monotonic() + 60
+    while (left := _session_members(session)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert left == []
-    FileLock(runs / "grid" / ".lock").acquire(timeout=0)  # raises Timeout while any process holds it
 
 
 def _session_members(session: int) -> list[str]:
@@ -278,21 +286,16 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def test_killed_worker_fails_only_its_own_run(tmp_path: Path, tiny_mnist: Path) -> None:
-    spec = write_spec(tmp_path, tiny_mnist, epochs=40, lrs="[0.01]", seeds="[0, 1]")
+def test_killed_worker_fails_only_its_own_run(tmp_path: Path, tiny_mnist: Path, holds: Holds) -> None:
+    spec = write_spec(tmp_path, tiny_mnist, lrs="[0.01]", seeds="[0, 1]", racing=True)
     runs = tmp_path / "runs"
+    holds.arm("train.start")  # one worker, in its first run
     process = subprocess.Popen(sweep_command(spec, runs, "--stack", "off", "--workers", "2"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 60
-    workers: list[int] = []
-    while time.monotonic() < deadline and len(workers) < 2:
-        # multiprocessing's resource tracker may be a child too.
-        workers = [pid for pid in _children(process.pid)
-                   if "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
-        time.sleep(0.05)
-    time.sleep(1.0)  # let both start training
-    os.kill(workers[0], signal.SIGKILL)
-    _, stderr = process.communicate(timeout=180)
+    worker = holds.wait("train.start", process)
+    assert worker in _children(process.pid)
+    os.kill(worker, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=WAIT_SECONDS)
     assert process.returncode == 1, stderr
     rows = read_results(runs / "grid" / "results.csv")
     failed = [row for row in rows if row["status"] == "failed"]
