@@ -18,14 +18,23 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bnlab.config import Config, apply_overrides, cell_values, describe, read_yaml_mapping, set_dotted
-from bnlab.errors import ConfigError
+from bnlab.config import Config, apply_overrides, describe, read_yaml_mapping, set_dotted
+from bnlab.errors import ConfigError, RecordsError
 from bnlab.spec import Sweep
-from bnlab.stats import Paired, Verdict, paired_comparison, plain_words, rate_comparison, verdict
+from bnlab.stats import (
+    PROJECTION_MAX_SEEDS,
+    PROJECTION_POWER,
+    Paired,
+    RateComparison,
+    Verdict,
+    paired_comparison,
+    plain_words,
+    rate_comparison,
+    verdict,
+)
 
 CLAIMS_DIR = Path(__file__).resolve().parent.parent / "configs" / "claims"
-CHANCE_LOSS = math.log(10)  # a run whose final train loss is above chance level did not train
-CHANCE_ACC = 0.1
+OUTCOMES = ("supported", "not supported", "depends", "inconclusive")
 
 
 @dataclass(frozen=True)
@@ -37,8 +46,11 @@ class Comparison:
     name_b: str
     paired: Paired
     verdict: Verdict
-    sentence: str  # stats.plain_words
+    sentence: str  # stats.plain_words, plus what was dropped or flagged
     primary: bool = False  # the claim's verdict rests on the primary comparisons
+    rates: RateComparison | None = None  # runs that failed to train, per arm, among those compared
+    n_dropped: int = 0  # paired seeds left out because a run of either arm failed to train
+    flags: tuple[str, ...] = ()  # e.g. a best value chosen at the edge of its grid
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,7 @@ class ClaimResult:
     claim: str  # the claim as practitioners hear it
     design: str  # e.g. "LITERATURE.md C1"
     budget: str  # smoke | quick | full
-    outcome: str  # supported | not supported | inconclusive
+    outcome: str  # one of OUTCOMES
     summary: str  # one or two plain sentences with the effect size and CI
     rule: dict[str, Any]  # name, metric, margin, direction
     comparisons: list[Comparison] = field(default_factory=list)
@@ -89,7 +101,7 @@ class Suite(_Strict):
     claim: str
     design: str
     literature: str = ""
-    expected: Literal["supported", "not supported", "inconclusive", "mixed"] | None = None
+    expected: Literal["supported", "not supported", "depends", "inconclusive", "mixed"] | None = None
     base: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)  # shared axes, crossed with every arm
     # Arm name -> dotted field values; the reserved key `metric` makes an arm a measurement of the
@@ -128,12 +140,25 @@ def load_suite(path: Path) -> Suite:
         for arm in pair[:2]:
             if arm not in suite.arms:
                 raise ConfigError(f"{path}: compare: unknown arm {arm!r}; arms: {', '.join(suite.arms)}")
+    axes = set(suite.grid).union(*(budget.grid for budget in suite.budgets.values()))
+    for arm_name, arm in suite.arms.items():
+        for dotted in sorted(set(_fields(arm)) & axes):
+            raise ConfigError(f"{path}: arms.{arm_name}: sets {dotted}, which is also a grid axis; an arm may "
+                              "not set what the grid varies")
+    for dotted in suite.primary:
+        if dotted not in (*suite.within, suite.nuisance):
+            allowed = [*suite.within, *([suite.nuisance] if suite.nuisance else [])]
+            raise ConfigError(f"{path}: primary: {dotted} is neither a `within` axis nor the nuisance; allowed: "
+                              f"{', '.join(allowed) or 'none'}")
     return suite
 
 
-def suite_sweep(suite: Suite, budget: str, overrides: Sequence[str], spec_text: str) -> Sweep:
+def suite_sweep(suite: Suite, budget: str, overrides: Sequence[str],
+                spec_text: str) -> tuple[Sweep, list[dict[str, Any]]]:
     """Every run of the suite at `budget`: base + budget settings + user overrides, crossed with
-    the arms, the shared axes and the seeds. Validated up front like any sweep."""
+    the arms, the shared axes and the seeds. Validated up front like any sweep. Also returns the
+    members: one {arm, cell, seed, run_id} per (arm, cell, seed), the run that serves it (what
+    records.write_arms keeps), so the analysis selects runs by the arm that generated them."""
     if budget not in suite.budgets:
         raise ConfigError(f"--budget {budget}: not defined for {suite.name}; allowed: {', '.join(suite.budgets)}")
     plan = suite.budgets[budget]
@@ -148,25 +173,37 @@ def suite_sweep(suite: Suite, budget: str, overrides: Sequence[str], spec_text: 
     except ValidationError as err:
         raise ConfigError(f"claim {suite.name}: base: {describe(err)}") from None
     grid = {**suite.grid, **plan.grid}
-    configs: dict[str, Config] = {}  # by run id: arms that only differ in `metric` share runs
+    configs: dict[str, Config] = {}
+    generated_by: dict[str, str] = {}  # run id -> the first arm that generated it
+    members = []
     for arm_name, arm in suite.arms.items():
         for cell in itertools.product(*grid.values()):
             raw = copy.deepcopy(base_raw)
             for dotted, value in [*_fields(arm).items(), *zip(grid, cell, strict=True)]:
                 set_dotted(raw, dotted.split("."), value)
+            cell_values = dict(zip(grid, cell, strict=True))
             for seed in plan.seeds:
                 raw["seed"] = seed
                 try:
                     cfg = Config.model_validate(raw)
                 except ValidationError as err:
                     raise ConfigError(f"claim {suite.name}: arm {arm_name}: {describe(err)}") from None
-                configs.setdefault(cfg.run_id(), cfg)
+                run_id = cfg.run_id()
+                other = generated_by.setdefault(run_id, arm_name)
+                # Only arms declared as measurements of the same runs (equal fields, each its own
+                # `metric`) may share one; any other two arms generating one run is a design error.
+                if other != arm_name and _fields(suite.arms[other]) != _fields(arm):
+                    raise ConfigError(f"claim {suite.name}: arms {other} and {arm_name} generate the same run "
+                                      f"({_label(cell_values)}, seed {seed}); give them different fields, or make "
+                                      "them measurements of one run (equal fields, each its own metric)")
+                configs.setdefault(run_id, cfg)
+                members.append({"arm": arm_name, "cell": cell_values, "seed": seed, "run_id": run_id})
     arm_fields = sorted({dotted for arm in suite.arms.values() for dotted in _fields(arm)})
     axes = {dotted: list({repr(arm.get(dotted)): arm.get(dotted) for arm in suite.arms.values()}.values())
             for dotted in arm_fields}
     axes |= grid
     return Sweep(name=name, spec_text=spec_text, base=base, axes=axes, seeds=list(plan.seeds),
-                 configs=list(configs.values()))
+                 configs=list(configs.values())), members
 
 
 def _fields(arm: dict[str, Any]) -> dict[str, Any]:
@@ -176,84 +213,111 @@ def _fields(arm: dict[str, Any]) -> dict[str, Any]:
 # --- reading results back ------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunRecord:
     """What the rules need of one finished run."""
 
     config: Config
-    status: str
+    status: str  # records.run_status: done | diverged | failed | did-not-train
     final: dict[str, float]
     folder: Path
 
     @property
     def trained(self) -> bool:
-        return self.status == "done" and self.final.get("train_loss", math.inf) <= CHANCE_LOSS
+        return self.status == "done"
 
 
-def read_records(folder: Path, sweep: Sweep) -> list[RunRecord]:
-    from bnlab.records import finished_summary
+@dataclass(frozen=True)
+class ArmRun:
+    """One (arm, grid cell, seed) of a claim sweep and the run that serves it, as arms.csv records
+    it: the analysis selects by this record, never by matching config fields."""
 
-    records = []
-    for cfg in sweep.configs:
-        summary = finished_summary(folder / cfg.run_id())
-        if summary is not None:
-            records.append(RunRecord(cfg, summary["status"], summary.get("final") or {}, folder / cfg.run_id()))
-    return records
+    arm: str
+    cell: dict[str, Any]  # grid axis -> value
+    seed: int
+    run: RunRecord
+
+    def at(self, where: dict[str, Any]) -> bool:
+        return all(self.cell.get(dotted) == value for dotted, value in where.items())
+
+
+def read_arm_runs(folder: Path, sweep: Sweep) -> list[ArmRun]:
+    """Every member of the claim sweep in `folder` with its finished run. RecordsError naming the
+    run when a member's run is not part of `sweep` or has not finished."""
+    from bnlab.records import ARMS, finished_summary, read_arms, run_status
+
+    configs = {cfg.run_id(): cfg for cfg in sweep.configs}
+    runs: dict[str, RunRecord] = {}
+    members = []
+    for row in read_arms(folder):
+        run_id, where = row["run_id"], f"arm {row['arm']}, {_label(row['cell'])}, seed {row['seed']}"
+        if run_id not in configs:
+            raise RecordsError(f"{folder / ARMS}: {where}: run {run_id} is not a run of this suite's sweep")
+        if run_id not in runs:
+            summary = finished_summary(folder / run_id)
+            if summary is None:
+                raise RecordsError(f"{folder / run_id}: {where}: the run has not finished")
+            runs[run_id] = RunRecord(configs[run_id], run_status(summary), summary.get("final") or {}, folder / run_id)
+        members.append(ArmRun(row["arm"], row["cell"], row["seed"], runs[run_id]))
+    return members
 
 
 def metric_value(record: RunRecord, metric: str) -> float:
-    """A run's value of `metric`. Accuracy of a run that diverged or failed is chance level: a
-    failure to train counts against its arm instead of vanishing from the comparison."""
+    """A run's value of `metric`; NaN for a run that did not train (diverged, failed, or a final
+    train loss above chance). Such runs are counted as failures beside the comparison and their
+    seeds dropped from it, never scored as chance-level accuracy inside a t-test."""
+    if not record.trained:
+        return math.nan
     if metric == "gap":  # generalization gap: train accuracy minus test accuracy
-        if record.status != "done":
-            return math.nan
         return record.final["train_acc"] - record.final["test_acc"]
     if metric.startswith("eval:"):  # eval:<bn_stats>:<batch size or 'all'>, from evals.csv
         return _eval_metric(record, metric)
-    if record.status != "done":
-        return CHANCE_ACC if metric.endswith("_acc") else math.nan
     return record.final.get(metric, math.nan)
 
 
 def _eval_metric(record: RunRecord, metric: str) -> float:
-    import csv
+    from bnlab.records import read_metrics_csv
 
     _, mode, size = metric.split(":")
-    if record.status != "done":
-        return CHANCE_ACC
-    with (record.folder / "evals.csv").open() as handle:
-        for row in csv.DictReader(handle):
-            if row["split"] == "test" and row["bn_stats"] == mode and (row["batch_size"] or "all") == size:
-                return float(row["acc"])
+    for row in read_metrics_csv(record.folder / "evals.csv"):
+        if row["split"] == "test" and row["bn_stats"] == mode and (row["batch_size"] or "all") == size:
+            return float(row["acc"])
     return math.nan
 
 
 def steps_to(record: RunRecord, target: float) -> float:
     """First logged step whose validation accuracy reaches `target`; censored at the run's last
-    step (reported as such) when it never does."""
-    import csv
+    step (reported as such) when it never does; NaN for a run that did not train."""
+    from bnlab.records import read_metrics_csv
 
-    if record.status != "done":
+    if not record.trained:
         return math.nan
     last = 0
-    with (record.folder / "steps.csv").open() as handle:
-        for row in csv.DictReader(handle):
-            last = int(row["step"])
-            if row.get("val_acc") and float(row["val_acc"]) >= target:
-                return float(last)
+    for row in read_metrics_csv(record.folder / "steps.csv"):
+        last = int(row["step"])
+        if row.get("val_acc") and float(row["val_acc"]) >= target:
+            return float(last)
     return float(last)
 
 
 # --- analysis ------------------------------------------------------------------------------------
 
-
-def _at(records: list[RunRecord], dotted: str, value: Any) -> list[RunRecord]:
-    return [r for r in records if cell_values(r.config, [dotted])[dotted] == value]
+Value = Callable[[ArmRun, str], float]
 
 
-def _arm_records(records: list[RunRecord], arm: dict[str, Any]) -> list[RunRecord]:
-    fields = _fields(arm)
-    return [r for r in records if cell_values(r.config, list(fields)) == fields]
+def _per_seed(members: list[ArmRun], arm: str, where: dict[str, Any]) -> dict[int, ArmRun]:
+    """The one run of `arm` per seed at the cell values `where`; zero or several is an error."""
+    chosen: dict[int, ArmRun] = {}
+    for member in members:
+        if member.arm == arm and member.at(where):
+            if member.seed in chosen:
+                raise ConfigError(f"arm {arm} at {_label(where)}, seed {member.seed}: several runs "
+                                  f"({chosen[member.seed].run.folder.name}, {member.run.folder.name}); a comparison "
+                                  "needs exactly one: compare within the grid axes that tell them apart")
+            chosen[member.seed] = member
+    if not chosen:
+        raise ConfigError(f"arm {arm} at {_label(where)}: no runs to compare")
+    return chosen
 
 
 def _strata(suite: Suite, sweep: Sweep) -> list[dict[str, Any]]:
@@ -265,18 +329,25 @@ def _label(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in values.items()) or "all runs"
 
 
-def _best_nuisance(records: list[RunRecord], nuisance: str, values: list[Any]) -> Any:
+def _mean_val(members: list[ArmRun]) -> float:
+    """Mean validation accuracy over the runs that trained; -inf when none did."""
+    finite = [v for v in (metric_value(m.run, "val_acc") for m in members) if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else -math.inf
+
+
+def _best_nuisance(members: list[ArmRun], nuisance: str, values: list[Any]) -> Any:
     """The nuisance value with the best mean validation accuracy: chosen on val, never on test."""
-    def mean_val(value: Any) -> float:
-        chosen = [metric_value(r, "val_acc") for r in _at(records, nuisance, value)]
-        finite = [v for v in chosen if math.isfinite(v)]
-        return sum(finite) / len(finite) if finite else -math.inf
-
-    return max(values, key=mean_val)
+    return max(values, key=lambda value: _mean_val([m for m in members if m.cell.get(nuisance) == value]))
 
 
-def compare_arms(suite: Suite, sweep: Sweep, records: list[RunRecord],
-                 value: Callable[[RunRecord, str], float]) -> list[Comparison]:
+def _edge_flag(arm: str, nuisance: str, best: Any, values: list[Any]) -> str | None:
+    if len(values) > 1 and best in (values[0], values[-1]):
+        return (f"{arm}'s best {nuisance} ({best}) is at the edge of its grid ({values[0]} to {values[-1]}): "
+                "its true best may lie beyond")
+    return None
+
+
+def compare_arms(suite: Suite, sweep: Sweep, members: list[ArmRun], value: Value) -> list[Comparison]:
     """Every (A, B) pair, per stratum, at each shared nuisance value and at each arm's best."""
     rule = suite.rule
     comparisons = []
@@ -284,38 +355,71 @@ def compare_arms(suite: Suite, sweep: Sweep, records: list[RunRecord],
     if suite.nuisance:
         settings = [*sweep.axes[suite.nuisance], "best"]
     for stratum in _strata(suite, sweep):
-        in_stratum = [r for r in records if cell_values(r.config, list(stratum)) == stratum]
         for pair in suite.compare:
             a_name, b_name = pair[:2]
-            arm_a = _arm_records(in_stratum, suite.arms[a_name])
-            arm_b = _arm_records(in_stratum, suite.arms[b_name])
             metric_a = suite.arms[a_name].get("metric", rule.metric)
             metric_b = suite.arms[b_name].get("metric", rule.metric)
             for setting in settings:
                 label_values = dict(stratum)
-                if setting is None:
-                    chosen_a, chosen_b = arm_a, arm_b
-                elif setting == "best":
-                    nuisance_values = sweep.axes[suite.nuisance]
-                    best_a = _best_nuisance(arm_a, suite.nuisance, nuisance_values)
-                    best_b = _best_nuisance(arm_b, suite.nuisance, nuisance_values)
-                    chosen_a, chosen_b = _at(arm_a, suite.nuisance, best_a), _at(arm_b, suite.nuisance, best_b)
-                    label_values[suite.nuisance] = f"best ({a_name} {best_a}, {b_name} {best_b}; chosen on val)"
+                flags = []
+                if setting == "best":
+                    candidates = sweep.axes[suite.nuisance]
+                    picks = {}
+                    for arm in (a_name, b_name):
+                        in_stratum = [m for m in members if m.arm == arm and m.at(stratum)]
+                        picks[arm] = _best_nuisance(in_stratum, suite.nuisance, candidates)
+                        flags.append(_edge_flag(arm, suite.nuisance, picks[arm], candidates))
+                    chosen_a = _per_seed(members, a_name, {**stratum, suite.nuisance: picks[a_name]})
+                    chosen_b = _per_seed(members, b_name, {**stratum, suite.nuisance: picks[b_name]})
+                    label_values[suite.nuisance] = (f"best ({a_name} {picks[a_name]}, {b_name} {picks[b_name]}; "
+                                                    "chosen on val)")
                 else:
-                    chosen_a, chosen_b = _at(arm_a, suite.nuisance, setting), _at(arm_b, suite.nuisance, setting)
-                    label_values[suite.nuisance] = setting
-                seeds_a = {r.config.seed: value(r, metric_a) for r in chosen_a}
-                seeds_b = {r.config.seed: value(r, metric_b) for r in chosen_b}
-                seeds = sorted(seeds_a.keys() & seeds_b.keys())
-                paired = paired_comparison([seeds_a[s] for s in seeds], [seeds_b[s] for s in seeds], rule.margin)
-                outcome = verdict(paired, rule.margin, rule.direction)
-                sentence = plain_words(paired, outcome, name_a=a_name, name_b=b_name, metric=_metric_words(rule),
-                                       unit=rule.unit, scale=rule.scale, margin=rule.margin,
-                                       direction=rule.direction)
-                primary = len(pair) == 2 and _is_primary(suite, stratum, setting)
-                comparisons.append(Comparison(_label(label_values), a_name, b_name, paired, outcome, sentence,
-                                              primary))
+                    where = {**stratum, **({suite.nuisance: setting} if setting is not None else {})}
+                    chosen_a, chosen_b = _per_seed(members, a_name, where), _per_seed(members, b_name, where)
+                    if setting is not None:
+                        label_values[suite.nuisance] = setting
+                comparisons.append(_compare(suite, a_name, b_name, chosen_a, chosen_b, (metric_a, metric_b), value,
+                                            _label(label_values), len(pair) == 2 and _is_primary(suite, stratum,
+                                                                                                 setting),
+                                            tuple(flag for flag in flags if flag)))
     return comparisons
+
+
+def _compare(suite: Suite, a_name: str, b_name: str, chosen_a: dict[int, ArmRun], chosen_b: dict[int, ArmRun],
+             metrics: tuple[str, str], value: Value, label: str, primary: bool, flags: tuple[str, ...]) -> Comparison:
+    rule = suite.rule
+    seeds = sorted(chosen_a.keys() & chosen_b.keys())
+    values_a = [value(chosen_a[s], metrics[0]) for s in seeds]
+    values_b = [value(chosen_b[s], metrics[1]) for s in seeds]
+    paired = paired_comparison(values_a, values_b, rule.margin)
+    outcome = verdict(paired, rule.margin, rule.direction)
+    failed_a = sum(not m.run.trained for m in chosen_a.values())
+    failed_b = sum(not m.run.trained for m in chosen_b.values())
+    rates = rate_comparison(failed_a, len(chosen_a), failed_b, len(chosen_b))
+    sentence = plain_words(paired, outcome, name_a=a_name, name_b=b_name, metric=_metric_words(rule),
+                           unit=rule.unit, scale=rule.scale, margin=rule.margin, direction=rule.direction)
+    n_dropped = len(seeds) - paired.n
+    notes = list(flags)
+    if failed_a or failed_b:
+        notes.append(_rate_words(a_name, b_name, rates))
+    if n_dropped:
+        notes.append(f"{n_dropped} paired seed(s) where a run failed to train are left out of the difference, "
+                     "which can favour the arm that failed")
+    if notes:
+        sentence += " " + " ".join(f"{note[0].upper()}{note[1:]}." for note in notes)
+    return Comparison(label, a_name, b_name, paired, outcome, sentence, primary, rates, n_dropped, flags)
+
+
+def _rate_words(a_name: str, b_name: str, rates: RateComparison) -> str:
+    def arm(name: str, failures: int, total: int, ci: tuple[float, float]) -> str:
+        return f"{name} {failures}/{total} (95% CI {100 * ci[0]:.0f}% to {100 * ci[1]:.0f}%)"
+
+    text = (f"runs that failed to train: {arm(a_name, rates.failures_a, rates.total_a, rates.ci_a)}, "
+            f"{arm(b_name, rates.failures_b, rates.total_b, rates.ci_b)}; Fisher exact p = {rates.p_value:.3g}")
+    if not rates.can_reach_significance:
+        text += (f", and with {rates.total_a} against {rates.total_b} runs no split of failures could reach "
+                 f"p < 0.05 (the smallest possible p is {rates.min_p:.3g})")
+    return text
 
 
 def _is_primary(suite: Suite, stratum: dict[str, Any], setting: Any) -> bool:
@@ -338,15 +442,29 @@ def _metric_words(rule: Rule) -> str:
 
 
 def combine(comparisons: Sequence[Comparison]) -> str:
-    """The claim's outcome over its primary comparisons: supported only if every one is;
-    not supported if any is; inconclusive otherwise."""
-    primary = [c for c in comparisons if c.primary] or list(comparisons)
-    outcomes = {c.verdict.outcome for c in primary}
+    """The claim's outcome from its primary comparisons (docs/claims.md): all supported ->
+    supported; all not supported -> not supported; at least one of each -> depends; anything
+    else -> inconclusive."""
+    outcomes = {c.verdict.outcome for c in comparisons if c.primary}
     if outcomes == {"supported"}:
         return "supported"
-    if "not supported" in outcomes:
+    if outcomes == {"not supported"}:
         return "not supported"
+    if {"supported", "not supported"} <= outcomes:
+        return "depends"
     return "inconclusive"
+
+
+def _outcome_words(outcome: str, primary: Sequence[Comparison]) -> str:
+    """What the outcome rests on, before the primary comparisons' own sentences."""
+    if outcome == "depends":
+        holds = "; ".join(c.label for c in primary if c.verdict.outcome == "supported")
+        fails = "; ".join(c.label for c in primary if c.verdict.outcome == "not supported")
+        return f"It depends: the claim holds at {holds}, not at {fails}."
+    if outcome == "inconclusive" and len(primary) > 1:
+        return "Inconclusive over the primary comparisons: " + "; ".join(
+            f"{c.label}: {c.verdict.outcome}" for c in primary) + "."
+    return ""
 
 
 def disagrees(expected: str | None, outcome: str) -> bool:
@@ -367,14 +485,22 @@ def _literature_note(suite: Suite, outcome: str) -> str:
 # --- the rules -----------------------------------------------------------------------------------
 
 
-def rule_paired_difference(suite: Suite, sweep: Sweep, records: list[RunRecord]) -> tuple[list[Comparison], list]:
-    return compare_arms(suite, sweep, records, metric_value), []
+def _of_run(metric_of: Callable[[RunRecord, str], float]) -> Value:
+    return lambda member, metric: metric_of(member.run, metric)
 
 
-def rule_steps_to_target(suite: Suite, sweep: Sweep, records: list[RunRecord]) -> tuple[list[Comparison], list]:
+def rule_paired_difference(suite: Suite, sweep: Sweep, members: list[ArmRun]) -> tuple[list[Comparison], list]:
+    return compare_arms(suite, sweep, members, _of_run(metric_value)), []
+
+
+def rule_steps_to_target(suite: Suite, sweep: Sweep, members: list[ArmRun]) -> tuple[list[Comparison], list]:
     """Paired log-ratio of steps to the target validation accuracy (B / A), said as a ratio."""
     target = suite.rule.target or 0.97
-    comparisons = compare_arms(suite, sweep, records, lambda r, _metric: math.log(max(steps_to(r, target), 1.0)))
+
+    def log_steps(member: ArmRun, _metric: str) -> float:
+        return math.log(max(steps_to(member.run, target), 1.0))
+
+    comparisons = compare_arms(suite, sweep, members, log_steps)
     return [_as_ratio(c, target, suite.rule.margin) for c in comparisons], []
 
 
@@ -386,79 +512,94 @@ def _as_ratio(c: Comparison, target: float, margin: float) -> Comparison:
         return c
     low, high = (math.exp(x) if math.isfinite(x) else math.nan for x in p.ci95)
     ci = f" (95% CI {low:.2f}x to {high:.2f}x)" if p.n > 1 else ""
+    if c.verdict.seeds_needed is None:
+        projection = (f"not even {PROJECTION_MAX_SEEDS} paired seeds would likely settle it (the effect sits near "
+                      "the margin, or the spread is wide)")
+    else:
+        projection = (f"if the effect and spread seen so far held, {c.verdict.seeds_needed} paired seeds would "
+                      f"reach a verdict with {PROJECTION_POWER:.0%} probability")
+    bound = min(p.ci95, key=lambda x: -x) if p.n > 1 else math.nan  # the bound nearest 1x on the faster side
     tail = {
-        ("supported", "effect"): "the claim holds here",
+        ("supported", "effect"): f"the claim holds here (the CI's bound nearest 1x is {math.exp(bound):.2f}x, "
+                                 f"against a margin of {math.exp(-margin):.2f}x)",
         ("not supported", "opposite"): "the opposite of the claim",
         ("not supported", "equivalent"): f"within a factor of {math.exp(margin):.2f} either way, so no practical "
                                          "difference here",
-    }.get((c.verdict.outcome, c.verdict.reason),
-          f"inconclusive at this sample size: about {c.verdict.seeds_needed} paired seeds would likely settle it")
+    }.get((c.verdict.outcome, c.verdict.reason), f"inconclusive at this sample size; projection: {projection}")
     sentence = (f"{c.name_b} reached {100 * target:.0f}% validation accuracy in {math.exp(p.diff_mean):.2f}x the "
                 f"steps of {c.name_a}{ci} over {p.n} paired seed(s); {tail}.")
-    return replace(c, sentence=sentence)
+    extra = c.sentence.split(" over ", 1)[1].split(". ", 1)
+    return replace(c, sentence=sentence + (" " + extra[1] if len(extra) > 1 else ""))
 
 
-def rule_stable_lr(suite: Suite, sweep: Sweep, records: list[RunRecord]) -> tuple[list[Comparison], list]:
-    """Divergence per arm and lr (Fisher exact), each arm's stable window, and the paired
-    accuracy difference at the claim's lr (`primary`)."""
+def rule_stable_lr(suite: Suite, sweep: Sweep, members: list[ArmRun]) -> tuple[list[Comparison], list]:
+    """Failures per arm and lr (exact intervals, Fisher exact), each arm's stable window, and the
+    paired accuracy difference at the claim's lr (`primary`)."""
     import pandas as pd
 
-    comparisons = compare_arms(suite, sweep, records, metric_value)
+    comparisons = compare_arms(suite, sweep, members, _of_run(metric_value))
     lr_field = suite.nuisance or "train.lr"
+    lrs = sweep.axes[lr_field]
     rows, windows = [], []
     for stratum in _strata(suite, sweep):
-        in_stratum = [r for r in records if cell_values(r.config, list(stratum)) == stratum]
         for pair in suite.compare:
             a_name, b_name = pair[:2]
             stable = {}
+            at_lr: dict[str, dict[Any, list[ArmRun]]] = {}
             for arm_name in (a_name, b_name):
-                arm = _arm_records(in_stratum, suite.arms[arm_name])
-                best = max((_mean_acc(arm, lr_field, lr) for lr in sweep.axes[lr_field]), default=math.nan)
-                stable[arm_name] = [lr for lr in sweep.axes[lr_field] if _failures(_at(arm, lr_field, lr)) == 0
-                                    and _mean_acc(arm, lr_field, lr) >= best - 0.01]
-            arm_a = _arm_records(in_stratum, suite.arms[a_name])
-            arm_b = _arm_records(in_stratum, suite.arms[b_name])
-            for lr in sweep.axes[lr_field]:
-                at_a, at_b = _at(arm_a, lr_field, lr), _at(arm_b, lr_field, lr)
-                rates = rate_comparison(_failures(at_a), len(at_a), _failures(at_b), len(at_b))
-                rows.append({**stratum, lr_field: lr, f"{a_name} failed to train": f"{rates.failures_a}/{len(at_a)}",
-                             f"{b_name} failed to train": f"{rates.failures_b}/{len(at_b)}",
-                             "Fisher exact p": round(rates.p_value, 4)})
+                at_lr[arm_name] = {lr: list(_per_seed(members, arm_name, {**stratum, lr_field: lr}).values())
+                                   for lr in lrs}
+                best = max((_mean_val(runs) for runs in at_lr[arm_name].values()), default=-math.inf)
+                stable[arm_name] = [lr for lr, runs in at_lr[arm_name].items()
+                                    if all(m.run.trained for m in runs) and _mean_val(runs) >= best - 0.01]
+            for lr in lrs:
+                at_a, at_b = at_lr[a_name][lr], at_lr[b_name][lr]
+                rates = rate_comparison(sum(not m.run.trained for m in at_a), len(at_a),
+                                        sum(not m.run.trained for m in at_b), len(at_b))
+                rows.append({**stratum, lr_field: lr,
+                             f"{a_name} failed to train": _rate_cell(rates.failures_a, rates.total_a, rates.ci_a),
+                             f"{b_name} failed to train": _rate_cell(rates.failures_b, rates.total_b, rates.ci_b),
+                             "Fisher exact p": round(rates.p_value, 4),
+                             "smallest reachable p": round(rates.min_p, 4)})
             windows.append({**stratum, **{f"{arm} stable lrs": ", ".join(map(str, stable[arm])) or "none"
                                           for arm in (a_name, b_name)},
                             **{f"{arm} largest stable lr": max(stable[arm], default=None) for arm in (a_name, b_name)}})
-    tables = [("Runs that failed to train (diverged, or final train loss above ln 10), per lr", pd.DataFrame(rows)),
+    tables = [("Runs that failed to train (diverged, failed, or final train loss above ln 10), per lr, with exact "
+               "95% intervals; a Fisher p can never go below the smallest reachable p with these runs",
+               pd.DataFrame(rows)),
               ("Stable learning-rate window per arm (no failures, accuracy within 1 pp of the arm's best)",
                pd.DataFrame(windows))]
     return comparisons, tables
 
 
-def _failures(runs: list[RunRecord]) -> int:
-    return sum(not r.trained for r in runs)
+def _rate_cell(failures: int, total: int, ci: tuple[float, float]) -> str:
+    return f"{failures}/{total} [{100 * ci[0]:.0f}%, {100 * ci[1]:.0f}%]"
 
 
-def _mean_acc(arm: list[RunRecord], lr_field: str, lr: Any) -> float:
-    values = [metric_value(r, "val_acc") for r in _at(arm, lr_field, lr)]
-    return sum(values) / len(values) if values else math.nan
-
-
-def rule_forgiving_fraction(suite: Suite, sweep: Sweep, records: list[RunRecord]) -> tuple[list[Comparison], list]:
+def rule_forgiving_fraction(suite: Suite, sweep: Sweep, members: list[ArmRun]) -> tuple[list[Comparison], list]:
     """Per arm and seed: the fraction of grid cells whose validation accuracy is within 1 pp of
-    that arm's best cell (LITERATURE C8). Compared paired over seeds."""
-    fraction_of_run: dict[str, float] = {}
+    that arm's best cell (LITERATURE C8); a cell that failed to train is not forgiving. Compared
+    paired over seeds."""
+    fraction: dict[tuple[str, int], float] = {}
     for arm_name in {name for pair in suite.compare for name in pair[:2]}:
-        arm = _arm_records(records, suite.arms[arm_name])
-        for seed in {r.config.seed for r in arm}:
-            runs = [r for r in arm if r.config.seed == seed]
-            values = [metric_value(r, "val_acc") for r in runs]
-            fraction = sum(v >= max(values) - 0.01 for v in values) / len(values)
-            fraction_of_run |= {r.config.run_id(): fraction for r in runs}
+        arm = [m for m in members if m.arm == arm_name]
+        for seed in {m.seed for m in arm}:
+            values = [metric_value(m.run, "val_acc") for m in arm if m.seed == seed]
+            best = max((v for v in values if math.isfinite(v)), default=math.nan)
+            fraction[arm_name, seed] = sum(math.isfinite(v) and v >= best - 0.01 for v in values) / len(values)
     # One number per arm and seed: compared once over all cells, not per cell.
     once = suite.model_copy(update={"within": [], "nuisance": None, "primary": {}})
-    return compare_arms(once, sweep, records, lambda r, _metric: fraction_of_run[r.config.run_id()]), []
+    by_seed = [ArmRun(arm, {}, seed, _any_run(members, arm, seed)) for arm, seed in fraction]
+    return compare_arms(once, sweep, by_seed, lambda member, _metric: fraction[member.arm, member.seed]), []
 
 
-RULES: dict[str, Callable[[Suite, Sweep, list[RunRecord]], tuple[list[Comparison], list]]] = {
+def _any_run(members: list[ArmRun], arm: str, seed: int) -> RunRecord:
+    """A stand-in run for an (arm, seed) summary number: trained if any of its cells trained."""
+    runs = [m.run for m in members if m.arm == arm and m.seed == seed]
+    return next((run for run in runs if run.trained), runs[0])
+
+
+RULES: dict[str, Callable[[Suite, Sweep, list[ArmRun]], tuple[list[Comparison], list]]] = {
     "paired_difference": rule_paired_difference,
     "stable_lr": rule_stable_lr,
     "steps_to_target": rule_steps_to_target,
@@ -468,11 +609,13 @@ RULES: dict[str, Callable[[Suite, Sweep, list[RunRecord]], tuple[list[Comparison
 
 def analyze(suite: Suite, sweep: Sweep, folder: Path, budget: str, command: str,
             wall_seconds: float | None = None) -> ClaimResult:
-    records = read_records(folder, sweep)
-    comparisons, tables = RULES[suite.rule.name](suite, sweep, records)
+    comparisons, tables = RULES[suite.rule.name](suite, sweep, read_arm_runs(folder, sweep))
+    primary = [c for c in comparisons if c.primary]
+    if not primary:
+        raise ConfigError(f"claim {suite.name}: primary {suite.primary or '(each arm at its best)'} matches no "
+                          f"comparison; comparisons: {'; '.join(sorted({c.label for c in comparisons}))}")
     outcome = combine(comparisons)
-    primary = [c for c in comparisons if c.primary] or comparisons
-    summary = " ".join(c.sentence for c in primary[:2])
+    summary = " ".join([_outcome_words(outcome, primary), *(c.sentence for c in primary[:2])]).strip()
     if len(primary) > 2:
         summary += f" ({len(primary) - 2} more primary comparison(s) in the table.)"
     return ClaimResult(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bnlab.claims import ClaimResult, analyze, load_suite, suite_path, suite_sweep
+from bnlab.records import write_arms
 from bnlab.spec import Sweep
 from bnlab.sweep import Event, SweepOptions, SweepState, run_sweep, sweep_folder
 
@@ -33,11 +34,12 @@ def test_claim(name: str, budget: str = "quick", overrides: Sequence[str] = (), 
 
     path = suite_path(name)
     suite = load_suite(path)
-    sweep = suite_sweep(suite, budget, overrides, path.read_text())
+    sweep, members = suite_sweep(suite, budget, overrides, path.read_text())
     started = time.perf_counter()
     state = run_sweep(sweep, runs_root, options, on_event)
     wall_seconds = time.perf_counter() - started
     folder = sweep_folder(sweep, runs_root)
+    write_arms(folder, members)
     command = shlex.join(["bnlab", "claim", "test", name, *overrides, "--budget", budget])
     result = analyze(suite, sweep, folder, budget, command, wall_seconds)
     markdown, html = write_report(build_report(folder, [result]), folder)

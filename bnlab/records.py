@@ -24,7 +24,12 @@ from bnlab.errors import BnlabError, RecordsError
 FORMAT_VERSION = 1
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
-FINISHED_STATUSES = ("done", "diverged", "failed")
+FINISHED_STATUSES = ("done", "diverged", "failed")  # what summary.json stores
+# A run that finished "done" but whose final train loss is above chance level (ln 10 for 10
+# classes), or that recorded none, did not train: worked out when read, never stored.
+DID_NOT_TRAIN = "did-not-train"
+CHANCE_LOSS = math.log(10)
+ARMS = "arms.csv"  # a claim sweep's record of which arm, grid cell and seed generated each run
 DEFAULT_RUNS_DIR = "runs"
 ERROR = "error.txt"  # a failed run's traceback
 TEMP_SUFFIX = ".tmp"  # atomic_write's temp files are .<name>.<random>.tmp, beside their target
@@ -184,6 +189,40 @@ def read_summary(folder: Path) -> dict[str, Any]:
     if not isinstance(summary.get("dataset") or {}, dict):
         raise RecordsError(f"{path}: damaged: dataset is not a mapping")
     return summary
+
+
+def run_status(summary: Mapping[str, Any]) -> str:
+    """The one definition of a finished run's status: done, diverged (a NaN or infinite loss),
+    failed (it raised) or did-not-train (done, with a final train loss above ln 10 or none)."""
+    status = summary["status"]
+    if status != "done":
+        return status
+    loss = (summary.get("final") or {}).get("train_loss")
+    return "done" if isinstance(loss, int | float) and loss <= CHANCE_LOSS else DID_NOT_TRAIN
+
+
+def write_arms(folder: Path, members: Iterable[Mapping[str, Any]]) -> None:
+    """arms.csv: one row per (arm, cell, seed) of a claim sweep and the run that serves it; the
+    cell (grid axis -> value) as JSON. Kept outside the configs, so run ids do not depend on it."""
+    rows = [{"run_id": m["run_id"], "arm": m["arm"], "cell": json.dumps(m["cell"], sort_keys=True),
+             "seed": m["seed"]} for m in members]
+    write_file(folder / ARMS, csv_bytes(rows))
+
+
+def read_arms(folder: Path) -> list[dict[str, Any]]:
+    """arms.csv back: run_id, arm, cell (a dict), seed (an int). RecordsError naming the file."""
+    path = folder / ARMS
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        return [{"run_id": row["run_id"], "arm": row["arm"], "cell": json.loads(row["cell"]),
+                 "seed": int(row["seed"])} for row in rows]
+    except FileNotFoundError:
+        raise RecordsError(f"{path}: missing (not a claim sweep, or one run before arms were recorded)") from None
+    except OSError as err:
+        raise UnreadableRecord(f"{path}: cannot read: {err.strerror or err}") from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise RecordsError(f"{path}: damaged: {err}") from None
 
 
 def read_config(folder: Path) -> Config:

@@ -25,10 +25,9 @@ import yaml
 from bnlab import report_figures as figures
 from bnlab.claims import ClaimResult
 from bnlab.errors import BnlabError, RecordsError
-from bnlab.records import atomic_write, read_finished, read_runs
+from bnlab.records import CHANCE_LOSS, DID_NOT_TRAIN, atomic_write, read_finished, read_runs, run_status
 from bnlab.stats import summarize
 
-CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes: "did not train" above it
 FIGURES_DIR = "report-figures"  # beside report.md: the Markdown file's images (the HTML inlines its own)
 _FINISHED = ("done", "diverged", "failed")
 
@@ -118,8 +117,7 @@ class _Run:
 
     @property
     def did_not_train(self) -> bool:
-        loss = self.final("train_loss")
-        return self.status == "done" and loss is not None and loss > CHANCE_LOSS
+        return run_status(self.summary) == DID_NOT_TRAIN
 
 
 def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:

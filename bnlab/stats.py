@@ -15,6 +15,9 @@ from scipy import stats
 NAN = float("nan")
 NAN_PAIR = (NAN, NAN)
 MIN_SEEDS = 3  # the protocol's minimum per arm
+ALPHA = 0.05
+PROJECTION_POWER = 0.8
+PROJECTION_MAX_SEEDS = 1000
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,9 @@ class Paired:
 class Verdict:
     outcome: str  # "supported" | "not supported" | "inconclusive"
     reason: str  # "effect" | "opposite" | "equivalent" | "too few seeds" | "inconclusive"
-    seeds_needed: int | None  # only for inconclusive outcomes
+    # Inconclusive only: the paired seeds at which, if the effect and spread seen so far held, a
+    # verdict would be reached with PROJECTION_POWER probability (None: no number of seeds would).
+    seeds_needed: int | None
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,9 @@ class RateComparison:
     failures_b: int
     total_b: int
     p_value: float  # two-sided Fisher exact test on the 2x2 table
+    ci_a: tuple[float, float]  # exact (Clopper-Pearson) 95% interval of arm A's failure rate
+    ci_b: tuple[float, float]
+    min_p: float  # the smallest p-value the test could give with these totals
 
     @property
     def rate_a(self) -> float:
@@ -57,6 +65,10 @@ class RateComparison:
     @property
     def rate_b(self) -> float:
         return self.failures_b / self.total_b if self.total_b else NAN
+
+    @property
+    def can_reach_significance(self) -> bool:
+        return self.min_p < ALPHA
 
 
 def _constant(x: np.ndarray) -> bool:
@@ -129,15 +141,57 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], margin: float) -> 
                   (float(ci90.low), float(ci90.high)), float(res.pvalue), welch_p, sign_p, float(tost_p), diffs)
 
 
-def seeds_needed(diff_sd: float, margin: float, n: int) -> int:
-    """Paired seeds for 80% power at two-sided alpha 0.05 to detect `margin`: (2.8 sd / margin)^2.
+def verdict_probability(effect: float, sd: float, n: int, margin: float, quadrature: int = 400) -> float:
+    """The probability that `verdict` reaches an outcome (not inconclusive) with n paired seeds whose
+    differences are normal with mean `effect` (on the claimed side when positive) and sd `sd`.
 
-    2.8 = z(0.975) + z(0.8), the protocol's normal approximation; at least one more than we have,
-    and never below the protocol's minimum of 3 (with n < 2 there is no sd to plug in).
-    """
-    if not math.isfinite(diff_sd):
+    t-based and exact up to the quadrature: the sample mean is normal around `effect`, the sample
+    sd independent of it with (n-1) s^2 / sd^2 ~ chi^2(n-1); for each of `quadrature` quantiles of
+    s the three outcomes' probabilities are normal tails of the mean. Supported (CI above 0 and the
+    mean at least the margin) excludes equivalent (the 90% CI inside +-margin); opposite (CI below
+    0) may overlap equivalent, so the overlap is counted once."""
+    if n < 2 or not sd > 0:
+        raise ValueError(f"need n >= 2 and sd > 0 (got n={n}, sd={sd})")
+    quantiles = (np.arange(quadrature) + 0.5) / quadrature
+    sample_se = sd * np.sqrt(stats.chi2.ppf(quantiles, n - 1) / (n - 1)) / math.sqrt(n)
+    se = sd / math.sqrt(n)
+    t95, t90 = stats.t.ppf(0.975, n - 1), stats.t.ppf(0.95, n - 1)
+
+    def below(x: np.ndarray) -> np.ndarray:  # P(sample mean < x)
+        return stats.norm.cdf((x - effect) / se)
+
+    supported = 1 - below(np.maximum(t95 * sample_se, margin))
+    opposite = below(-t95 * sample_se)
+    low, high = -margin + t90 * sample_se, margin - t90 * sample_se
+    equivalent = np.where(low < high, below(high) - below(low), 0.0)
+    both = np.where(low < -t95 * sample_se, np.clip(below(-t95 * sample_se) - below(low), 0, None), 0.0)
+    return float(np.mean(supported + opposite + equivalent - both))
+
+
+def seeds_to_settle(effect: float, sd: float, n: int, margin: float) -> int | None:
+    """A projection: the paired seeds at which, if the effect (signed, on the claimed side when
+    positive) and the spread seen so far held, the verdict would be reached with 80% probability.
+    Never fewer than n + 1 or the protocol's 3. With no spread to go on (n < 2) it is the protocol's
+    minimum; None when no number up to PROJECTION_MAX_SEEDS would do (an effect at the margin, or a
+    small effect inside it with a wide spread)."""
+    if n < 2 or not math.isfinite(sd):
         return max(MIN_SEEDS, n + 1)
-    return max(math.ceil((2.8 * diff_sd / margin) ** 2), n + 1, MIN_SEEDS)
+    if sd == 0:
+        return n + 1  # zero spread: one more identical difference settles it
+    lo = max(MIN_SEEDS, n + 1)
+    if verdict_probability(effect, sd, PROJECTION_MAX_SEEDS, margin) < PROJECTION_POWER:
+        return None
+    # The probability is not monotone in n everywhere (the supported and equivalent regions trade
+    # places near the margin), so walk up in steps, then back to the first n that reaches it.
+    step = lo
+    while verdict_probability(effect, sd, step, margin) < PROJECTION_POWER:
+        step = min(PROJECTION_MAX_SEEDS, step * 2)
+    first = step
+    for candidate in range(lo, step):
+        if verdict_probability(effect, sd, candidate, margin) >= PROJECTION_POWER:
+            first = candidate
+            break
+    return first
 
 
 def verdict(p: Paired, margin: float, direction: int) -> Verdict:
@@ -157,7 +211,7 @@ def verdict(p: Paired, margin: float, direction: int) -> Verdict:
     if not margin > 0:
         raise ValueError(f"margin must be positive (got {margin})")
     if p.n < 2:
-        return Verdict("inconclusive", "too few seeds", seeds_needed(NAN, margin, p.n))
+        return Verdict("inconclusive", "too few seeds", seeds_to_settle(NAN, NAN, p.n, margin))
     low, high = sorted(direction * bound for bound in p.ci95)  # flipped so the claimed side is > 0
     if low > 0 and direction * p.diff_mean >= margin:
         return Verdict("supported", "effect", None)
@@ -165,16 +219,34 @@ def verdict(p: Paired, margin: float, direction: int) -> Verdict:
         return Verdict("not supported", "opposite", None)
     if -margin < p.ci90[0] and p.ci90[1] < margin:
         return Verdict("not supported", "equivalent", None)
-    return Verdict("inconclusive", "inconclusive", seeds_needed(p.diff_sd, margin, p.n))
+    return Verdict("inconclusive", "inconclusive", seeds_to_settle(direction * p.diff_mean, p.diff_sd, p.n, margin))
+
+
+def clopper_pearson(failures: int, total: int) -> tuple[float, float]:
+    """The exact 95% interval of a rate; (nan, nan) with no runs."""
+    if total == 0:
+        return NAN_PAIR
+    ci = stats.binomtest(failures, total).proportion_ci(confidence_level=0.95, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def _fisher_p(failures_a: int, total_a: int, failures_b: int, total_b: int) -> float:
+    if total_a == 0 or total_b == 0:
+        return 1.0
+    table = [[failures_a, total_a - failures_a], [failures_b, total_b - failures_b]]
+    return float(stats.fisher_exact(table).pvalue)
 
 
 def rate_comparison(failures_a: int, total_a: int, failures_b: int, total_b: int) -> RateComparison:
-    """Failure counts per arm (diverged or did not train) with a two-sided Fisher exact test."""
+    """Failure counts per arm (diverged, failed or did not train) with a two-sided Fisher exact
+    test, exact intervals per arm, and the smallest p the test could reach with these totals (all
+    failures in one arm, none in the other): 3 runs against 3 can never go below 0.1."""
     for name, failures, total in (("a", failures_a, total_a), ("b", failures_b, total_b)):
         if not 0 <= failures <= total:
             raise ValueError(f"arm {name}: need 0 <= failures <= total (got {failures} of {total})")
-    table = [[failures_a, total_a - failures_a], [failures_b, total_b - failures_b]]
-    return RateComparison(failures_a, total_a, failures_b, total_b, float(stats.fisher_exact(table).pvalue))
+    min_p = min(_fisher_p(total_a, total_a, 0, total_b), _fisher_p(0, total_a, total_b, total_b))
+    return RateComparison(failures_a, total_a, failures_b, total_b, _fisher_p(failures_a, total_a, failures_b, total_b),
+                          clopper_pearson(failures_a, total_a), clopper_pearson(failures_b, total_b), min_p)
 
 
 def summarize(values: Sequence[float | None]) -> dict[str, float]:
@@ -229,17 +301,33 @@ def plain_words(p: Paired, v: Verdict, *, name_a: str, name_b: str, metric: str,
                 f"run at least {v.seeds_needed} seeds.")
     low, high = (_num(x * scale, digits) for x in p.ci95)  # B - A, signed, in `unit` as the effect is
     head += f" (95% CI {low} to {high}) over {p.n} paired seeds"
+    # Every sentence shows where the CI ends beside the margin: how far "supported" is from "the
+    # effect is at least the margin", or how far an inconclusive CI reaches.
+    nearest_zero = amount(min(p.ci95, key=abs))
     if v.reason == "effect":
-        return f"{head}; that clears {bound}, so the claim holds here."
+        return f"{head}; the mean clears {bound} and the CI's end nearest 0 is {nearest_zero}, so the claim holds here."
     if v.reason == "opposite":
         inside = -margin < p.ci90[0] and p.ci90[1] < margin
-        return f"{head}; that is the opposite of the claim" + (f", though within {band}." if inside else ".")
+        return (f"{head}; that is the opposite of the claim (the CI's end nearest 0 is {nearest_zero}, against "
+                f"{bound})" + (f", though within {band}." if inside else "."))
     if v.reason == "equivalent":
-        return f"{head}; that is within {band}, so the choice made no practical difference here."
+        lo90, hi90 = (_num(x * scale, digits) for x in p.ci90)
+        return (f"{head}; its 90% CI ({lo90} to {hi90}) is within {band}, so the choice made no practical "
+                "difference here.")
     if v.reason == "inconclusive":
-        real = min(direction * x for x in p.ci95) > 0  # the CI excludes 0 on the claimed side
-        short = f"the direction matches the claim but may fall short of {bound}, so it is " if real else ""
-        return (f"{head}; {short}inconclusive at this sample size: "
-                f"about {v.seeds_needed} paired seeds would likely settle it.")
+        if min(direction * x for x in p.ci95) > 0:  # the CI excludes 0 on the claimed side
+            where = (f"the direction matches the claim but the CI's end nearest 0 ({nearest_zero}) is short of "
+                     f"{bound}, so it is ")
+        else:
+            reach = amount(max(p.ci95, key=lambda x: direction * x))
+            where = f"the CI spans 0 and reaches {reach} on the claim's side, against {bound}; "
+        if v.seeds_needed is None:
+            projection = (f"projection: with the effect and spread seen so far, not even {PROJECTION_MAX_SEEDS} "
+                          "paired seeds would likely settle it (the effect sits near the margin, or the spread is "
+                          "wide)")
+        else:
+            projection = (f"projection: if the effect and spread seen so far held, {v.seeds_needed} paired seeds "
+                          f"would reach a verdict with {PROJECTION_POWER:.0%} probability")
+        return f"{head}; {where}inconclusive at this sample size; {projection}."
     raise ValueError(f"verdict reason: unknown {v.reason!r}; allowed: effect, opposite, equivalent, "
                      "too few seeds, inconclusive")

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
-from bnlab.claims import CLAIMS_DIR, RULES, load_suite, suite_names, suite_path, suite_sweep
+from bnlab.claims import CLAIMS_DIR, RULES, Comparison, combine, load_suite, suite_names, suite_path, suite_sweep
 from bnlab.cli import app
-from bnlab.records import read_summary
-from bnlab.stats import paired_comparison
+from bnlab.config import cell_values
+from bnlab.errors import ConfigError
+from bnlab.records import read_config, read_summary
+from bnlab.stats import Verdict, paired_comparison
 
 SUITES = suite_names()
 
@@ -62,11 +67,14 @@ def test_placement_verdict_matches_its_runs(tmp_path: Path, tiny_mnist: Path) ->
         config = (run / "config.yaml").read_text()
         if "activation: relu" in config and "lr: 0.001" in config:
             arm = "before" if "bn: before" in config else "after"
-            by_arm[arm][summary["seed"]] = summary["final"]["test_acc"]
+            trained = summary["status"] == "done" and summary["final"]["train_loss"] <= math.log(10)
+            by_arm[arm][summary["seed"]] = summary["final"]["test_acc"] if trained else math.nan
     seeds = sorted(by_arm["before"])
-    expected = paired_comparison([by_arm["before"][s] for s in seeds], [by_arm["after"][s] for s in seeds], 0.002)
+    both = [s for s in seeds if not (math.isnan(by_arm["before"][s]) or math.isnan(by_arm["after"][s]))]
+    expected = paired_comparison([by_arm["before"][s] for s in both], [by_arm["after"][s] for s in both], 0.002)
     assert primary[0].paired.diffs == expected.diffs
-    assert math.isclose(primary[0].paired.diff_mean, expected.diff_mean)
+    assert primary[0].n_dropped == len(seeds) - len(both)
+    assert math.isclose(primary[0].paired.diff_mean, expected.diff_mean) or expected.n == 0
 
 
 def test_unknown_suite_and_budget_are_one_line(tmp_path: Path) -> None:
@@ -89,7 +97,161 @@ def test_quick_budget_trains_at_least_80_percent_stacked(name: str) -> None:
     from bnlab.sweep import plan_groups
 
     suite = load_suite(suite_path(name))
-    sweep = suite_sweep(suite, "quick", ["device=cpu"], "")
+    sweep, _ = suite_sweep(suite, "quick", ["device=cpu"], "")
     groups = plan_groups(sweep.configs, "auto", 10)
     stacked = sum(len(group.configs) for group in groups if group.stacked)
     assert stacked / len(sweep.configs) >= 0.8, [len(group.configs) for group in groups]
+
+
+def _by_hand(folder: Path, fields: dict[str, Any], metric: str) -> dict[int, float]:
+    """Per seed, `metric` of the one run whose config has exactly `fields` (NaN if it did not
+    train), read from the run folders alone."""
+    values: dict[int, float] = {}
+    for run in sorted(p for p in folder.iterdir() if (p / "summary.json").exists()):
+        config = cell_values(read_config(run), list(fields))
+        if config != fields:
+            continue
+        summary = read_summary(run)
+        final = summary["final"] or {}
+        trained = summary["status"] == "done" and final.get("train_loss", math.inf) <= math.log(10)
+        value = final["train_acc"] - final["test_acc"] if metric == "gap" else final[metric]
+        assert summary["seed"] not in values, f"two runs with {fields} for seed {summary['seed']}"
+        values[summary["seed"]] = value if trained else math.nan
+    return values
+
+
+@pytest.mark.parametrize(
+    ("suite", "arm_a", "arm_b", "fields_a", "fields_b", "metric"),
+    [
+        # Nested arms: BN's fields are a subset of the ghost-BN arms', dropout-after-BN's of dropout-last-only's.
+        ("regularizer", "no-BN", "BN", {"model.bn": "none", "model.ghost_batch": None},
+         {"model.bn": "after", "model.ghost_batch": None}, "gap"),
+        ("dropout-order", "dropout-before-BN", "dropout-after-BN",
+         {"model.dropout_order": "before_bn", "model.dropout_layers": "all", "model.dropout": 0.5},
+         {"model.dropout_order": "after_bn", "model.dropout_layers": "all", "model.dropout": 0.5}, "test_acc"),
+    ],
+)
+def test_an_arm_takes_only_the_runs_it_generated(suite: str, arm_a: str, arm_b: str, fields_a: dict[str, Any],
+                                                 fields_b: dict[str, Any], metric: str, tmp_path: Path,
+                                                 tiny_mnist: Path) -> None:
+    """An arm whose fields are a subset of another arm's must not take that arm's runs: each
+    per-seed value is recomputed from the run folders of exactly that arm's configs."""
+    from bnlab.lab import test_claim
+
+    # Enough epochs that every run trains (smoke's one epoch ends above ln 10): all seeds compared.
+    outcome = test_claim(suite, "smoke", [f"data.root={tiny_mnist}", "data.verify=false", "device=cpu",
+                                          "train.epochs=6", "train.lr=0.003"], tmp_path)
+    primary = [c for c in outcome.result.comparisons if c.primary]
+    assert [(c.name_a, c.name_b) for c in primary] == [(arm_a, arm_b)]
+    values_a, values_b = _by_hand(outcome.folder, fields_a, metric), _by_hand(outcome.folder, fields_b, metric)
+    assert sorted(values_a) == sorted(values_b) == [0, 1]
+    assert not any(math.isnan(v) for v in [*values_a.values(), *values_b.values()])
+    assert primary[0].paired.diffs == tuple(values_b[s] - values_a[s] for s in (0, 1))
+
+
+def _suite(tmp_path: Path, tiny_mnist: Path, **fields: Any) -> Path:
+    """A small suite file on the tiny dataset; `fields` replace its top-level keys."""
+    suite = {
+        "name": "probe", "claim": "BN helps.", "design": "a test design",
+        "base": {"device": "cpu", "data": {"root": str(tiny_mnist), "val_size": 100, "verify": False},
+                 "model": {"hidden": [16]}, "train": {"epochs": 2, "batch_size": 32, "log_every": 5}},
+        "grid": {"train.lr": [0.003, 0.01]},
+        "arms": {"no-BN": {"model.bn": "none"}, "BN": {"model.bn": "after"}},
+        "compare": [["no-BN", "BN"]], "nuisance": "train.lr",
+        "rule": {"name": "paired_difference", "metric": "test_acc", "margin": 0.002},
+        "budgets": {"smoke": {"seeds": [0, 1]}, "quick": {"seeds": [0, 1]}, "full": {"seeds": [0, 1]}},
+        **fields,
+    }
+    path = tmp_path / "probe.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"arms": {"no-BN": {"model.bn": "none"}, "BN": {"model.bn": "after", "train.lr": 0.1}}},
+         "arms.BN: sets train.lr, which is also a grid axis; an arm may not set what the grid varies"),
+        ({"primary": {"model.hidden": [16]}},
+         "primary: model.hidden is neither a `within` axis nor the nuisance; allowed: train.lr"),
+    ],
+)
+def test_suite_design_errors_name_the_field(tmp_path: Path, tiny_mnist: Path, fields: dict, message: str) -> None:
+    path = _suite(tmp_path, tiny_mnist, **fields)
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{path}: {message}") + "$"):
+        load_suite(path)
+
+
+def test_two_arms_that_generate_one_run_are_refused(tmp_path: Path, tiny_mnist: Path) -> None:
+    path = _suite(tmp_path, tiny_mnist, arms={"BN": {"model.bn": "after"}, "also-BN": {"model.bn": "after",
+                                                                                    "model.bn_eps": 1.0e-5}},
+                  compare=[["BN", "also-BN"]])
+    with pytest.raises(ConfigError, match=re.escape("claim probe: arms BN and also-BN generate the same run "
+                                                    "(train.lr=0.003, seed 0); give them different fields")):
+        suite_sweep(load_suite(path), "smoke", [], "")
+
+
+def _analyze(path: Path, tmp_path: Path) -> Any:
+    from bnlab.claims import analyze
+    from bnlab.records import write_arms
+    from bnlab.sweep import SweepOptions, run_sweep, sweep_folder
+
+    suite = load_suite(path)
+    sweep, members = suite_sweep(suite, "smoke", [], "")
+    run_sweep(sweep, tmp_path / "runs", SweepOptions(workers=1))
+    folder = sweep_folder(sweep, tmp_path / "runs")
+    write_arms(folder, members)
+    return analyze(suite, sweep, folder, "smoke", "test")
+
+
+def test_a_comparison_that_would_pool_runs_is_an_error_naming_them(tmp_path: Path, tiny_mnist: Path) -> None:
+    # train.lr is a grid axis but neither `within` nor the nuisance: two runs per (arm, seed).
+    path = _suite(tmp_path, tiny_mnist, nuisance=None)
+    with pytest.raises(ConfigError, match=r"^arm no-BN at all runs, seed 0: several runs \(\w{12}, \w{12}\); a "
+                                          "comparison needs exactly one"):
+        _analyze(path, tmp_path)
+
+
+def test_a_primary_that_matches_nothing_is_an_error(tmp_path: Path, tiny_mnist: Path) -> None:
+    path = _suite(tmp_path, tiny_mnist, primary={"train.lr": 0.5})
+    with pytest.raises(ConfigError, match=r"^claim probe: primary \{'train.lr': 0.5\} matches no comparison; "):
+        _analyze(path, tmp_path)
+
+
+def test_a_best_value_at_the_grid_edge_is_flagged(tmp_path: Path, tiny_mnist: Path) -> None:
+    result = _analyze(_suite(tmp_path, tiny_mnist), tmp_path)
+    best = next(c for c in result.comparisons if c.primary)
+    assert "best" in best.label
+    # Two lrs: any best is at an edge, and says so in the flags and the sentence.
+    assert len(best.flags) == 2 and all("is at the edge of its grid (0.003 to 0.01)" in f for f in best.flags)
+    assert best.flags[0][0].upper() + best.flags[0][1:] in best.sentence
+
+
+def _comparison(label: str, outcome: str) -> Comparison:
+    paired = paired_comparison([0.0, 0.0], [0.01, 0.02], 0.002)
+    return Comparison(label, "no-BN", "BN", paired, Verdict(outcome, "x", None), "", primary=True)
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "expected"),
+    [
+        (["supported", "supported"], "supported"),
+        (["not supported", "not supported"], "not supported"),
+        (["supported", "not supported"], "depends"),
+        (["supported", "not supported", "inconclusive"], "depends"),
+        (["supported", "inconclusive"], "inconclusive"),
+        (["not supported", "inconclusive"], "inconclusive"),
+    ],
+)
+def test_the_outcome_table(outcomes: list[str], expected: str) -> None:
+    comparisons = [_comparison(f"depth={i}", outcome) for i, outcome in enumerate(outcomes)]
+    assert combine(comparisons) == expected
+
+
+def test_depends_names_where_the_claim_holds() -> None:
+    from bnlab.claims import _outcome_words
+
+    primary = [_comparison("model.hidden=[100, 100, 100]", "not supported"),
+               _comparison("model.hidden=[100]*8", "supported")]
+    assert _outcome_words("depends", primary) == ("It depends: the claim holds at model.hidden=[100]*8, not at "
+                                                  "model.hidden=[100, 100, 100].")

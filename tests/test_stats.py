@@ -11,7 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from bnlab.stats import Paired, paired_comparison, plain_words, rate_comparison, seeds_needed, summarize, verdict
+from bnlab.stats import (
+    PROJECTION_POWER,
+    Paired,
+    paired_comparison,
+    plain_words,
+    rate_comparison,
+    seeds_to_settle,
+    summarize,
+    verdict,
+    verdict_probability,
+)
 
 A = [0.970, 0.972, 0.968, 0.975, 0.971]
 B = [0.973, 0.976, 0.969, 0.979, 0.972]  # B - A = 0.003, 0.004, 0.001, 0.004, 0.001
@@ -111,7 +121,7 @@ def p_with(diffs: list[float], margin: float) -> Paired:
         ([-0.010, -0.012, -0.011, -0.009, -0.013], 1, ("not supported", "opposite")),
         ([-0.0005, -0.0007, -0.0006, -0.0004, -0.0008], 1, ("not supported", "opposite")),  # also inside margin
         ([0.0005, -0.0004, 0.0002, -0.0001, 0.0003], 1, ("not supported", "equivalent")),
-        ([0.01, -0.01, 0.02, -0.015, 0.005], 1, ("inconclusive", "inconclusive")),
+        ([0.004, -0.002, 0.003, -0.001, 0.001], 1, ("inconclusive", "inconclusive")),
         ([0.0013, 0.0023, 0.0016, 0.0020, 0.0018], 1, ("inconclusive", "inconclusive")),  # real, maybe < margin
     ],
 )
@@ -121,11 +131,59 @@ def test_every_verdict_branch(diffs: list[float], direction: int, expected: tupl
     assert (v.seeds_needed is None) == (expected[0] != "inconclusive")
 
 
-def test_seeds_needed_formula() -> None:
-    p = p_with([0.01, -0.01, 0.02, -0.015, 0.005], 0.002)
-    assert verdict(p, 0.002, 1).seeds_needed == math.ceil((2.8 * p.diff_sd / 0.002) ** 2)
-    assert seeds_needed(0.0001, 0.002, 5) == 6  # never below n + 1
-    assert seeds_needed(float("nan"), 0.002, 0) == 3
+def _simulated_verdicts(effect: float, sd: float, n: int, margin: float, draws: int, rng) -> np.ndarray:
+    """Whether a verdict is reached, per simulated experiment of n paired seeds drawn as the
+    projection assumes: LITERATURE 2.0's rule written out independently, vectorized."""
+    diffs = rng.normal(effect, sd, (draws, n))
+    mean, se = diffs.mean(1), diffs.std(1, ddof=1) / math.sqrt(n)
+    t95, t90 = stats.t.ppf(0.975, n - 1), stats.t.ppf(0.95, n - 1)
+    supported = (mean - t95 * se > 0) & (mean >= margin)
+    opposite = mean + t95 * se < 0
+    equivalent = (mean - t90 * se > -margin) & (mean + t90 * se < margin)
+    return supported | opposite | equivalent
+
+
+def test_simulated_rule_is_the_real_rule() -> None:
+    rng = np.random.default_rng(3)
+    for effect, sd, n in [(0.001, 0.002, 6), (0.004, 0.003, 4), (-0.001, 0.001, 5)]:
+        state = rng.bit_generator.state
+        reached = _simulated_verdicts(effect, sd, n, 0.002, 40, rng)
+        rng.bit_generator.state = state
+        for row, expected in zip(rng.normal(effect, sd, (40, n)), reached, strict=True):
+            real = verdict(paired_comparison([0.0] * n, list(row), 0.002), 0.002, 1)
+            assert (real.outcome != "inconclusive") == expected
+
+
+@pytest.mark.parametrize(
+    ("effect", "sd", "n"),
+    [
+        (0.010, 0.006, 3),  # far above the margin, noisy: a few more seeds do (the old z formula said 85)
+        (0.001, 0.002, 3),  # between 0 and the margin: settled only by equivalence, many seeds
+        (0.000, 0.004, 5),  # no effect, noisy
+        (-0.003, 0.004, 3),  # against the claim
+        (0.0025, 0.001, 3),  # just above the margin, precise
+    ],
+)
+def test_seed_projection_holds_by_simulation(effect: float, sd: float, n: int) -> None:
+    """The projected n reaches a verdict with 80% probability when the effect and spread hold, and
+    the n before it does not (20000 simulated experiments, +-3 SE)."""
+    margin, draws, rng = 0.002, 20000, np.random.default_rng(7)
+    needed = seeds_to_settle(effect, sd, n, margin)
+    assert needed is not None and needed > n
+    tolerance = 3 * math.sqrt(PROJECTION_POWER * (1 - PROJECTION_POWER) / draws)
+    assert _simulated_verdicts(effect, sd, needed, margin, draws, rng).mean() >= PROJECTION_POWER - tolerance
+    if needed - 1 > max(n, 2):
+        assert _simulated_verdicts(effect, sd, needed - 1, margin, draws, rng).mean() < PROJECTION_POWER + tolerance
+    assert verdict_probability(effect, sd, needed, margin) >= PROJECTION_POWER
+
+
+def test_seed_projection_edge_cases() -> None:
+    assert seeds_to_settle(float("nan"), float("nan"), 0, 0.002) == 3  # nothing to go on: the protocol's minimum
+    assert seeds_to_settle(0.001, 0.0, 4, 0.002) == 5  # no spread: one more seed
+    assert seeds_to_settle(0.002, 0.004, 3, 0.002) is None  # exactly at the margin: never 80%
+    assert seeds_to_settle(0.001, 0.013, 5, 0.002) is None  # inside the margin but so noisy: over 1000
+    p = p_with([0.004, -0.002, 0.003, -0.001, 0.001], 0.002)
+    assert verdict(p, 0.002, 1).seeds_needed == seeds_to_settle(p.diff_mean, p.diff_sd, 5, 0.002)
 
 
 def test_plain_words_exact_text() -> None:
@@ -133,27 +191,35 @@ def test_plain_words_exact_text() -> None:
     p = p_with([0.010, 0.012, 0.011, 0.009, 0.013], 0.002)
     assert plain_words(p, verdict(p, 0.002, 1), margin=0.002, direction=1, **WORDS) == (
         "after-activation scored 1.10 pp higher than before-activation on test accuracy (95% CI 0.90 to 1.30) "
-        "over 5 paired seeds; that clears the 0.2 pp margin, so the claim holds here.")
+        "over 5 paired seeds; the mean clears the 0.2 pp margin and the CI's end nearest 0 is 0.90 pp, so the claim "
+        "holds here.")
     # d = (4, -4, 2, -2, 0) / 10000: mean 0, sd 3.16e-4, 90% half-width 2.132 * sd / sqrt(5) = 3.0e-4 < margin
     p = p_with([0.0004, -0.0004, 0.0002, -0.0002, 0.0], 0.002)
     assert plain_words(p, verdict(p, 0.002, 1), margin=0.002, direction=1, **WORDS) == (
         "after-activation scored the same as before-activation on test accuracy (95% CI -0.04 to 0.04) "
-        "over 5 paired seeds; that is within the ±0.2 pp margin, so the choice made no practical difference here.")
+        "over 5 paired seeds; its 90% CI (-0.03 to 0.03) is within the ±0.2 pp margin, so the choice made no "
+        "practical difference here.")
     # No unit (a loss): numbers stand alone, and the margin's decimals follow the margin (0.05 -> 3 decimals).
     p = p_with([-0.10, -0.12, -0.11, -0.09, -0.13], 0.05)
     words = dict(WORDS, metric="test NLL", unit="", scale=1)
     assert plain_words(p, verdict(p, 0.05, -1), margin=0.05, direction=-1, **words) == (
         "after-activation scored 0.110 lower than before-activation on test NLL (95% CI -0.130 to -0.090) "
-        "over 5 paired seeds; that clears the 0.05 margin, so the claim holds here.")
+        "over 5 paired seeds; the mean clears the 0.05 margin and the CI's end nearest 0 is -0.090, so the claim "
+        "holds here.")
 
 
 @pytest.mark.parametrize(
     ("diffs", "phrases"),
     [
-        ([-0.010, -0.012, -0.011, -0.009, -0.013], ["1.10 pp lower", "the opposite of the claim."]),
-        ([-0.0005, -0.0007, -0.0006, -0.0004, -0.0008], ["opposite of the claim, though within the ±0.2 pp margin."]),
-        ([0.01, -0.01, 0.02, -0.015, 0.005], ["inconclusive at this sample size: about ", " paired seeds would"]),
-        ([0.0013, 0.0023, 0.0016, 0.0020, 0.0018], ["the claim but may fall short of the 0.2 pp margin, so it is"]),
+        ([-0.010, -0.012, -0.011, -0.009, -0.013], ["1.10 pp lower", "the opposite of the claim (the CI's end "
+                                                     "nearest 0 is -0.90 pp, against the 0.2 pp margin)."]),
+        ([-0.0005, -0.0007, -0.0006, -0.0004, -0.0008], ["opposite of the claim",
+                                                          ", though within the ±0.2 pp margin."]),
+        ([0.004, -0.002, 0.003, -0.001, 0.001], ["the CI spans 0 and reaches 0.42 pp on the claim's side, against the "
+                                              "0.2 pp margin; inconclusive at this sample size; projection: if the "
+                                              "effect and spread seen so far held, "]),
+        ([0.0013, 0.0023, 0.0016, 0.0020, 0.0018], ["the claim but the CI's end nearest 0 (0.13 pp) is short of the "
+                                                    "0.2 pp margin, so it is inconclusive"]),
     ],
 )
 def test_plain_words_per_branch(diffs: list[float], phrases: list[str]) -> None:
@@ -163,7 +229,7 @@ def test_plain_words_per_branch(diffs: list[float], phrases: list[str]) -> None:
     assert all(phrase in text for phrase in phrases), text
     assert "-0.00" not in text
     if v.seeds_needed is not None:
-        assert f"about {v.seeds_needed} paired seeds" in text
+        assert f"{v.seeds_needed} paired seeds would reach a verdict with 80% probability" in text
 
 
 def test_plain_words_without_seeds() -> None:
@@ -177,6 +243,10 @@ def test_rate_comparison_is_fisher_exact() -> None:
     r = rate_comparison(0, 3, 3, 3)
     assert r.p_value == pytest.approx(stats.fisher_exact([[0, 3], [3, 0]]).pvalue) == pytest.approx(0.1)
     assert (r.rate_a, r.rate_b) == (0.0, 1.0)
+    assert r.min_p == pytest.approx(0.1) and not r.can_reach_significance  # 3 against 3 can never show it
+    assert rate_comparison(0, 5, 0, 5).can_reach_significance  # 5 against 5: p = 0.0079 at best
+    # Clopper-Pearson: 0/3 -> [0, 1 - 0.025^(1/3)], 3/3 -> [0.025^(1/3), 1]
+    assert r.ci_a == pytest.approx((0.0, 1 - 0.025 ** (1 / 3))) and r.ci_b == pytest.approx((0.025 ** (1 / 3), 1.0))
     assert no_warnings(rate_comparison, 0, 0, 2, 3).p_value == 1.0
 
 
