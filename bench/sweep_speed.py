@@ -31,19 +31,11 @@ from run_speed import DEFAULT_DATA, bench_config, reference_epoch
 from bnlab.records import read_summary
 from bnlab.spec import load_sweep
 from bnlab.sweep import SweepOptions, plan_workers, run_sweep
+from bnlab.train import matmul_gflops
 
 SEEDS = [0, 1, 2, 3, 4]
 LRS = [0.001, 0.002, 0.005, 0.01]
 WIDTHS = [784, 256, 128, 64, 10]
-
-
-def matmul_flops_per_second(size: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b  # warm-up
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - started)
 
 
 def flops_per_epoch(n_train: int) -> float:
@@ -88,7 +80,7 @@ def main() -> None:
 
     splits = load_dataset(bench_config(args.data, 32).data, "cpu")
     n_models = len(SEEDS) * len(LRS)
-    rate = matmul_flops_per_second()
+    rate = matmul_gflops() * 1e9
     bound = flops_per_epoch(len(splits.train_x)) / rate
     print(f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads); "
           f"2048^3 matmul: {rate / 1e9:.1f} GFLOP/s; FLOP bound per model-epoch: {bound:.2f} s")

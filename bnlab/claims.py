@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from bnlab.stats import (
 
 CLAIMS_DIR = Path(__file__).resolve().parent.parent / "configs" / "claims"
 OUTCOMES = ("supported", "not supported", "depends", "inconclusive")
+FORGIVING_TOLERANCE = 0.01  # a cell is forgiving when its validation accuracy is this close to the best
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,12 @@ class Comparison:
     rates: RateComparison | None = None  # runs that failed to train, per arm, among those compared
     n_dropped: int = 0  # paired seeds left out because a run of either arm failed to train
     flags: tuple[str, ...] = ()  # e.g. a best value chosen at the edge of its grid
+    # What a reader needs to recompute it from runs.csv (docs/claims.md, "Comparison kinds").
+    kind: str = "paired_difference"  # paired_difference | log_ratio | fraction
+    metrics: tuple[str, str] = ("", "")  # the runs.csv column each arm's per-seed value comes from
+    stratum: dict[str, Any] = field(default_factory=dict)  # grid axis -> value held fixed
+    selection: dict[str, Any] = field(default_factory=lambda: {"selection": "fixed"})
+    per_seed: list[dict[str, Any]] = field(default_factory=list)  # seed, value_a, value_b, runs_a, runs_b
 
 
 @dataclass(frozen=True)
@@ -303,6 +311,9 @@ def steps_to(record: RunRecord, target: float) -> float:
 # --- analysis ------------------------------------------------------------------------------------
 
 Value = Callable[[ArmRun, str], float]
+RunsOf = Callable[[ArmRun], list[str]]
+KINDS = ("paired_difference", "log_ratio", "fraction")
+BEST_CRITERION = "the highest mean validation accuracy over the arm's runs that trained"
 
 
 def _per_seed(members: list[ArmRun], arm: str, where: dict[str, Any]) -> dict[int, ArmRun]:
@@ -347,8 +358,11 @@ def _edge_flag(arm: str, nuisance: str, best: Any, values: list[Any]) -> str | N
     return None
 
 
-def compare_arms(suite: Suite, sweep: Sweep, members: list[ArmRun], value: Value) -> list[Comparison]:
-    """Every (A, B) pair, per stratum, at each shared nuisance value and at each arm's best."""
+def compare_arms(suite: Suite, sweep: Sweep, members: list[ArmRun], value: Value, kind: str = "paired_difference",
+                 runs_of: RunsOf | None = None) -> list[Comparison]:
+    """Every (A, B) pair, per stratum, at each shared nuisance value and at each arm's best.
+    `value` gives a member's per-seed value (for log_ratio the quantity whose ratio B / A is
+    compared); `runs_of` the run ids it came from (its own run unless said otherwise)."""
     rule = suite.rule
     comparisons = []
     settings: list[Any] = [None]
@@ -361,6 +375,8 @@ def compare_arms(suite: Suite, sweep: Sweep, members: list[ArmRun], value: Value
             metric_b = suite.arms[b_name].get("metric", rule.metric)
             for setting in settings:
                 label_values = dict(stratum)
+                fixed = dict(stratum)
+                selection: dict[str, Any] = {"selection": "fixed"}
                 flags = []
                 if setting == "best":
                     candidates = sweep.axes[suite.nuisance]
@@ -373,24 +389,36 @@ def compare_arms(suite: Suite, sweep: Sweep, members: list[ArmRun], value: Value
                     chosen_b = _per_seed(members, b_name, {**stratum, suite.nuisance: picks[b_name]})
                     label_values[suite.nuisance] = (f"best ({a_name} {picks[a_name]}, {b_name} {picks[b_name]}; "
                                                     "chosen on val)")
+                    selection = {"selection": "best", "axis": suite.nuisance, "criterion": BEST_CRITERION,
+                                 "candidates": list(candidates), "picked": {a_name: picks[a_name],
+                                                                            b_name: picks[b_name]}}
                 else:
-                    where = {**stratum, **({suite.nuisance: setting} if setting is not None else {})}
-                    chosen_a, chosen_b = _per_seed(members, a_name, where), _per_seed(members, b_name, where)
+                    fixed |= {suite.nuisance: setting} if setting is not None else {}
+                    chosen_a, chosen_b = _per_seed(members, a_name, fixed), _per_seed(members, b_name, fixed)
                     if setting is not None:
                         label_values[suite.nuisance] = setting
-                comparisons.append(_compare(suite, a_name, b_name, chosen_a, chosen_b, (metric_a, metric_b), value,
-                                            _label(label_values), len(pair) == 2 and _is_primary(suite, stratum,
-                                                                                                 setting),
-                                            tuple(flag for flag in flags if flag)))
+                facts = Comparison(_label(label_values), a_name, b_name, paired_comparison([], [], rule.margin),
+                                   Verdict("inconclusive", "too few seeds", None), "",
+                                   len(pair) == 2 and _is_primary(suite, stratum, setting),
+                                   flags=tuple(flag for flag in flags if flag), kind=kind,
+                                   metrics=(metric_a, metric_b), stratum=fixed, selection=selection)
+                comparisons.append(_compare(suite, facts, chosen_a, chosen_b, value,
+                                            runs_of or (lambda member: [member.run.folder.name])))
     return comparisons
 
 
-def _compare(suite: Suite, a_name: str, b_name: str, chosen_a: dict[int, ArmRun], chosen_b: dict[int, ArmRun],
-             metrics: tuple[str, str], value: Value, label: str, primary: bool, flags: tuple[str, ...]) -> Comparison:
-    rule = suite.rule
+def _compare(suite: Suite, facts: Comparison, chosen_a: dict[int, ArmRun], chosen_b: dict[int, ArmRun],
+             value: Value, runs_of: RunsOf) -> Comparison:
+    """`facts` (what is compared, and how the runs were chosen) completed with the statistics."""
+    from dataclasses import replace
+
+    rule, a_name, b_name, metrics, flags = suite.rule, facts.name_a, facts.name_b, facts.metrics, facts.flags
     seeds = sorted(chosen_a.keys() & chosen_b.keys())
-    values_a = [value(chosen_a[s], metrics[0]) for s in seeds]
-    values_b = [value(chosen_b[s], metrics[1]) for s in seeds]
+    per_seed = [{"seed": s, "value_a": value(chosen_a[s], metrics[0]), "value_b": value(chosen_b[s], metrics[1]),
+                 "runs_a": runs_of(chosen_a[s]), "runs_b": runs_of(chosen_b[s])} for s in seeds]
+    statistic = math.log if facts.kind == "log_ratio" else float
+    values_a = [statistic(row["value_a"]) if math.isfinite(row["value_a"]) else math.nan for row in per_seed]
+    values_b = [statistic(row["value_b"]) if math.isfinite(row["value_b"]) else math.nan for row in per_seed]
     paired = paired_comparison(values_a, values_b, rule.margin)
     outcome = verdict(paired, rule.margin, rule.direction)
     failed_a = sum(not m.run.trained for m in chosen_a.values())
@@ -407,7 +435,8 @@ def _compare(suite: Suite, a_name: str, b_name: str, chosen_a: dict[int, ArmRun]
                      "which can favour the arm that failed")
     if notes:
         sentence += " " + " ".join(f"{note[0].upper()}{note[1:]}." for note in notes)
-    return Comparison(label, a_name, b_name, paired, outcome, sentence, primary, rates, n_dropped, flags)
+    return replace(facts, paired=paired, verdict=outcome, sentence=sentence, rates=rates, n_dropped=n_dropped,
+                   per_seed=per_seed)
 
 
 def _rate_words(a_name: str, b_name: str, rates: RateComparison) -> str:
@@ -497,10 +526,10 @@ def rule_steps_to_target(suite: Suite, sweep: Sweep, members: list[ArmRun]) -> t
     """Paired log-ratio of steps to the target validation accuracy (B / A), said as a ratio."""
     target = suite.rule.target or 0.97
 
-    def log_steps(member: ArmRun, _metric: str) -> float:
-        return math.log(max(steps_to(member.run, target), 1.0))
+    def steps(member: ArmRun, _metric: str) -> float:
+        return max(steps_to(member.run, target), 1.0)
 
-    comparisons = compare_arms(suite, sweep, members, log_steps)
+    comparisons = compare_arms(suite, sweep, members, steps, kind="log_ratio")
     return [_as_ratio(c, target, suite.rule.margin) for c in comparisons], []
 
 
@@ -586,17 +615,86 @@ def rule_forgiving_fraction(suite: Suite, sweep: Sweep, members: list[ArmRun]) -
         for seed in {m.seed for m in arm}:
             values = [metric_value(m.run, "val_acc") for m in arm if m.seed == seed]
             best = max((v for v in values if math.isfinite(v)), default=math.nan)
-            fraction[arm_name, seed] = sum(math.isfinite(v) and v >= best - 0.01 for v in values) / len(values)
+            fraction[arm_name, seed] = sum(math.isfinite(v) and v >= best - FORGIVING_TOLERANCE
+                                           for v in values) / len(values)
     # One number per arm and seed: compared once over all cells, not per cell.
     once = suite.model_copy(update={"within": [], "nuisance": None, "primary": {}})
     by_seed = [ArmRun(arm, {}, seed, _any_run(members, arm, seed)) for arm, seed in fraction]
-    return compare_arms(once, sweep, by_seed, lambda member, _metric: fraction[member.arm, member.seed]), []
+    return compare_arms(once, sweep, by_seed, lambda member, _metric: fraction[member.arm, member.seed],
+                        kind="fraction", runs_of=lambda member: sorted(
+                            m.run.folder.name for m in members if (m.arm, m.seed) == (member.arm, member.seed))), []
 
 
 def _any_run(members: list[ArmRun], arm: str, seed: int) -> RunRecord:
     """A stand-in run for an (arm, seed) summary number: trained if any of its cells trained."""
     runs = [m.run for m in members if m.arm == arm and m.seed == seed]
     return next((run for run in runs if run.trained), runs[0])
+
+
+# --- what a reader needs to recheck a verdict -------------------------------------------------------
+
+
+def runs_table(suite: Suite, sweep: Sweep, folder: Path, comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
+    """runs.csv of a finding: one row per (arm, run), i.e. every run an arm uses, once: its id,
+    arm, dataset, seed, every config field an arm or grid sets (lists as JSON), status, val_acc,
+    test_acc and every metric a comparison of that arm reads (steps with `censored`). A metric
+    of a run that did not train is left empty: no comparison uses it."""
+    from bnlab.config import cell_values
+
+    metrics: dict[str, set[str]] = {}
+    for c in comparisons:
+        for arm, metric in zip((c.name_a, c.name_b), c.metrics, strict=True):
+            metrics.setdefault(arm, set()).add(metric)
+    target = suite.rule.target or 0.97
+    rows, seen = [], set()
+    for member in read_arm_runs(folder, sweep):
+        run = member.run
+        if member.arm not in metrics or (member.arm, run.folder.name) in seen:
+            continue
+        seen.add((member.arm, run.folder.name))
+        fields = {dotted: json.dumps(value) if isinstance(value, list) else value
+                  for dotted, value in cell_values(run.config, list(sweep.axes)).items()}
+        row = {"run_id": run.folder.name, "arm": member.arm, "dataset": run.config.data.dataset,
+               "seed": member.seed, **fields, "status": run.status, "val_acc": run.final.get("val_acc"),
+               "test_acc": run.final.get("test_acc")}
+        for metric in sorted(metrics[member.arm] - {"val_acc", "test_acc", "forgiving"}):
+            if metric == "steps":
+                steps = steps_to(run, target)
+                row |= {"steps": steps, "censored": run.trained and not _reached(run, target)}
+            else:
+                row[metric] = metric_value(run, metric)
+        rows.append(row)
+    return rows
+
+
+def _reached(record: RunRecord, target: float) -> bool:
+    from bnlab.records import read_metrics_csv
+
+    return any(row.get("val_acc") and float(row["val_acc"]) >= target
+               for row in read_metrics_csv(record.folder / "steps.csv"))
+
+
+def comparison_record(c: Comparison, rule: Rule) -> dict[str, Any]:
+    """One comparison as verdict.json keeps it (docs/claims.md, "Comparison kinds")."""
+    record: dict[str, Any] = {"a": c.name_a, "b": c.name_b, "kind": c.kind, "label": c.label}
+    if c.kind == "fraction":
+        record |= {"metric": "val_acc", "tolerance": FORGIVING_TOLERANCE}
+    elif c.kind == "log_ratio":
+        record |= {"metric": "steps", "target": rule.target or 0.97}
+    elif c.metrics[0] == c.metrics[1]:
+        record["metric"] = c.metrics[0]
+    else:
+        record |= {"metric_a": c.metrics[0], "metric_b": c.metrics[1]}
+    p, rates = c.paired, c.rates
+    record |= {"stratum": c.stratum, "selection": c.selection, "primary": c.primary, "margin": rule.margin,
+               "direction": rule.direction, "per_seed": c.per_seed, "n": p.n, "n_dropped": c.n_dropped,
+               "mean": p.diff_mean, "ci": list(p.ci95), "ci90": list(p.ci90), "outcome": c.verdict.outcome,
+               "reason": c.verdict.reason, "seeds_to_settle": c.verdict.seeds_needed, "flags": list(c.flags)}
+    if rates is not None:
+        record["failures"] = {"a": rates.failures_a, "total_a": rates.total_a, "b": rates.failures_b,
+                              "total_b": rates.total_b, "ci_a": list(rates.ci_a), "ci_b": list(rates.ci_b),
+                              "fisher_p": rates.p_value, "smallest_reachable_p": rates.min_p}
+    return record
 
 
 RULES: dict[str, Callable[[Suite, Sweep, list[ArmRun]], tuple[list[Comparison], list]]] = {

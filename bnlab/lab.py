@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bnlab.claims import ClaimResult, analyze, load_suite, suite_path, suite_sweep
-from bnlab.records import write_arms
+from bnlab.claims import ClaimResult, Suite, analyze, load_suite, suite_path, suite_sweep
+from bnlab.records import append_invocation, write_arms
+from bnlab.runner import git_commit
 from bnlab.spec import Sweep
 from bnlab.sweep import Event, SweepOptions, SweepState, run_sweep, sweep_folder
 
@@ -24,6 +26,7 @@ class ClaimOutcome:
     report_html: Path
     wall_seconds: float
     expected: str | None  # what the literature leads us to expect, from the suite
+    suite: Suite
 
 
 def test_claim(name: str, budget: str = "quick", overrides: Sequence[str] = (), runs_root: str | Path | None = None,
@@ -31,6 +34,7 @@ def test_claim(name: str, budget: str = "quick", overrides: Sequence[str] = (), 
     """Run suite `name` at `budget` as a sweep (resumable like any), judge it, write its report
     into the sweep folder."""
     from bnlab.report import build_report, write_report
+    from bnlab.train import matmul_gflops
 
     path = suite_path(name)
     suite = load_suite(path)
@@ -40,7 +44,12 @@ def test_claim(name: str, budget: str = "quick", overrides: Sequence[str] = (), 
     wall_seconds = time.perf_counter() - started
     folder = sweep_folder(sweep, runs_root)
     write_arms(folder, members)
+    trained = sum(state.counts.values())
+    if trained:  # re-analysing finished runs adds no time: the findings' total is the training's
+        append_invocation(folder, {"wall_seconds": round(wall_seconds, 1), "runs_trained": trained,
+                                   "matmul_gflops": round(matmul_gflops(), 1), "git_commit": git_commit(),
+                                   "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
     command = shlex.join(["bnlab", "claim", "test", name, *overrides, "--budget", budget])
     result = analyze(suite, sweep, folder, budget, command, wall_seconds)
     markdown, html = write_report(build_report(folder, [result]), folder)
-    return ClaimOutcome(result, sweep, state, folder, markdown, html, wall_seconds, suite.expected)
+    return ClaimOutcome(result, sweep, state, folder, markdown, html, wall_seconds, suite.expected, suite)

@@ -225,6 +225,29 @@ def read_arms(folder: Path) -> list[dict[str, Any]]:
         raise RecordsError(f"{path}: damaged: {err}") from None
 
 
+INVOCATIONS = "invocations.json"  # a claim sweep's folder: each `claim test` that trained runs in it
+
+
+def append_invocation(folder: Path, invocation: Mapping[str, Any]) -> None:
+    """Add one invocation (its wall time, runs trained, the machine's speed) to invocations.json."""
+    write_file(folder / INVOCATIONS, json_bytes([*read_invocations(folder), dict(invocation)]))
+
+
+def read_invocations(folder: Path) -> list[dict[str, Any]]:
+    path = folder / INVOCATIONS
+    try:
+        found = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except OSError as err:
+        raise UnreadableRecord(f"{path}: cannot read: {err.strerror or err}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RecordsError(f"{path}: damaged: {err}") from None
+    if not isinstance(found, list) or not all(isinstance(item, dict) for item in found):
+        raise RecordsError(f"{path}: damaged: not a list of invocations")
+    return found
+
+
 def read_config(folder: Path) -> Config:
     path = folder / CONFIG
     return validate(read_yaml_mapping(path), str(path))

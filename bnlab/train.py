@@ -37,6 +37,17 @@ PROBE_POINTS = 25
 EVAL_CHUNK = 5000  # running-statistics evaluation does not depend on batch size: use big chunks
 
 
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """This machine's float32 speed on the CPU: a size^3 matmul, timed after a warm-up. Findings
+    record it beside their wall times, so times from different machines can be compared."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
+
+
 def resolve_device(name: str) -> torch.device:
     """`auto` picks cuda, then mps, then cpu; an explicit device must exist here."""
     has_mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()

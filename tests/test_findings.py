@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+from recheck import absolute_paths, recheck
 from typer.testing import CliRunner
 
+from bnlab.claims import suite_names
 from bnlab.cli import app
 from bnlab.findings import TABLE_END, TABLE_START, read_findings, table_in, verdict_table
 
@@ -53,3 +56,28 @@ def test_readme_verdict_table_is_generated_from_the_shipped_findings() -> None:
     for finding in findings:
         report = (ROOT / "docs" / "findings" / finding["suite"] / "report.md").read_text()
         assert f"budget: {finding['budget']}" in report and finding["summary"] in report
+
+
+@pytest.mark.parametrize("suite", suite_names())
+def test_a_finding_is_rechecked_from_its_own_files(suite: str, tmp_path: Path, tiny_mnist: Path) -> None:
+    """Every comparison of a fresh finding, recomputed from runs.csv and verdict.json alone (tests/
+    recheck.py: pandas and scipy, no bnlab analysis); no file names a path of this machine. Four
+    epochs, so that the runs train and the comparisons have seeds to recheck."""
+    out = tmp_path / "findings" / suite
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["claim", "test", suite, f"data.root={tiny_mnist}", "data.verify=false",
+                                      "device=cpu", "train.epochs=4", "--budget", "smoke", "--runs-dir", str(runs),
+                                      "--out", str(out)])
+    assert result.exit_code in (0, 1), result.output  # 1: some runs failed, which the finding reports
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert recheck(out) == len(verdict["comparisons"]) >= 1
+    assert any(c["n"] >= 2 for c in verdict["comparisons"] if c["primary"]), "nothing trained: a vacuous recheck"
+    assert absolute_paths(out) == []
+    assert str(tmp_path) not in (out / "report.md").read_text()
+    assert [item["runs_trained"] for item in verdict["invocations"]] == [verdict["runs"]]
+    assert verdict["wall_seconds"] == verdict["invocations"][0]["wall_seconds"] > 0
+    again = CliRunner().invoke(app, ["claim", "test", suite, f"data.root={tiny_mnist}", "data.verify=false",
+                                     "device=cpu", "train.epochs=4", "--budget", "smoke", "--runs-dir", str(runs),
+                                     "--out", str(out)])
+    assert again.exit_code == result.exit_code
+    assert json.loads((out / "verdict.json").read_text())["wall_seconds"] == verdict["wall_seconds"]  # not reset

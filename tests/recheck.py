@@ -1,0 +1,129 @@
+"""A reader's recheck of a finding from its runs.csv and verdict.json alone: pandas and scipy, no
+bnlab analysis. Each per-seed value from its runs, then n, mean, CI and outcome from the margin
+and direction, by docs/claims.md's rules written out independently. An unknown kind fails."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from scipy import stats
+
+KINDS = ("paired_difference", "log_ratio", "fraction")
+# An absolute path: a '/' after no word, URL, path or closing-tag character, then a name.
+ABSOLUTE_PATH = re.compile(r"(?<![\w:/.<-])/[A-Za-z_][\w.-]*(?:/[\w.-]+)*")
+EMBEDDED = re.compile(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=]+")
+
+
+def _close(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _run_value(runs: pd.DataFrame, run_id: str, arm: str, column: str) -> float | None:
+    row = runs[(runs["run_id"] == run_id) & (runs["arm"] == arm)]
+    assert len(row) == 1, f"{arm} {run_id}: {len(row)} rows in runs.csv"
+    row = row.iloc[0]
+    value = row[column]
+    return float(value) if row["status"] == "done" and pd.notna(value) else None
+
+
+def _per_seed_value(comparison: dict[str, Any], runs: pd.DataFrame, arm: str, run_ids: list[str],
+                    side: str) -> float | None:
+    kind = comparison["kind"]
+    if kind == "fraction":  # the share of the arm's cells within `tolerance` of its best validation accuracy
+        values = [_run_value(runs, run_id, arm, "val_acc") for run_id in run_ids]
+        finite = [v for v in values if v is not None]
+        best = max(finite) if finite else math.nan
+        return sum(v is not None and v >= best - comparison["tolerance"] for v in values) / len(values)
+    assert len(run_ids) == 1, f"{kind}: one run per seed and arm, got {run_ids}"
+    column = comparison.get("metric") or comparison[f"metric_{side}"]
+    return _run_value(runs, run_ids[0], arm, column)
+
+
+def _outcome(d: list[float], margin: float, direction: int) -> tuple[str, str, list[float], list[float]]:
+    n = len(d)
+    mean = sum(d) / n
+    if n < 2:
+        return "inconclusive", "too few seeds", [math.nan] * 2, [math.nan] * 2
+    sd = pd.Series(d).std(ddof=1)
+    if sd <= 16 * 2.2e-16 * abs(mean) or sd == 0:
+        ci95 = ci90 = [mean, mean]
+    else:
+        se = sd / math.sqrt(n)
+        ci95 = [mean - stats.t.ppf(0.975, n - 1) * se, mean + stats.t.ppf(0.975, n - 1) * se]
+        ci90 = [mean - stats.t.ppf(0.95, n - 1) * se, mean + stats.t.ppf(0.95, n - 1) * se]
+    low, high = sorted(direction * x for x in ci95)
+    if low > 0 and direction * mean >= margin:
+        return "supported", "effect", ci95, ci90
+    if high < 0:
+        return "not supported", "opposite", ci95, ci90
+    if -margin < ci90[0] and ci90[1] < margin:
+        return "not supported", "equivalent", ci95, ci90
+    return "inconclusive", "inconclusive", ci95, ci90
+
+
+def recheck(folder: Path) -> int:
+    """Recompute every comparison of the finding in `folder`; returns how many were checked."""
+    verdict = json.loads((folder / "verdict.json").read_text())
+    assert verdict.get("format") == 1, f"{folder}: verdict.json format {verdict.get('format')!r}, want 1"
+    runs = pd.read_csv(folder / "runs.csv")
+    for number, comparison in enumerate(verdict["comparisons"]):
+        where = f"{folder.name} comparison {number} ({comparison['label']})"
+        assert comparison["kind"] in KINDS, f"{where}: unknown kind {comparison['kind']!r}"
+        d = []
+        for row in comparison["per_seed"]:
+            a = _per_seed_value(comparison, runs, comparison["a"], row["runs_a"], "a")
+            b = _per_seed_value(comparison, runs, comparison["b"], row["runs_b"], "b")
+            assert _close(a, row["value_a"]) and _close(b, row["value_b"]), (where, row, a, b)
+            if a is not None and b is not None:
+                d.append(math.log(b / a) if comparison["kind"] == "log_ratio" else b - a)
+        assert comparison["n"] == len(d) and comparison["n_dropped"] == len(comparison["per_seed"]) - len(d), where
+        if not d:
+            assert comparison["outcome"] == "inconclusive", where
+            continue
+        outcome, reason, ci95, ci90 = _outcome(d, comparison["margin"], comparison["direction"])
+        assert _close(comparison["mean"], sum(d) / len(d)), where
+        for ours, theirs in ((ci95, comparison["ci"]), (ci90, comparison["ci90"])):
+            assert all(_close(x, y) if not math.isnan(x) else y is None for x, y in zip(ours, theirs, strict=True)), (
+                where, ours, theirs)
+        assert (comparison["outcome"], comparison["reason"]) == (outcome, reason), where
+        if comparison["selection"]["selection"] == "best":
+            _recheck_pick(comparison, runs, where)
+    return len(verdict["comparisons"])
+
+
+def _recheck_pick(comparison: dict[str, Any], runs: pd.DataFrame, where: str) -> None:
+    """Each arm's pick is the candidate with the highest mean val_acc over its runs that trained."""
+    selection = comparison["selection"]
+    axis = selection["axis"]
+    for arm, picked in selection["picked"].items():
+        at_stratum = runs[runs["arm"] == arm]
+        for dotted, value in comparison["stratum"].items():
+            at_stratum = at_stratum[at_stratum[dotted].astype(str) == _csv_text(value)]
+        means = {}
+        for candidate in selection["candidates"]:
+            trained = at_stratum[(at_stratum[axis].astype(str) == _csv_text(candidate))
+                                 & (at_stratum["status"] == "done")]
+            means[json.dumps(candidate)] = trained["val_acc"].mean() if len(trained) else -math.inf
+        assert max(means, key=means.get) == json.dumps(picked), (where, arm, means)
+
+
+def _csv_text(value: Any) -> str:
+    """A value as runs.csv writes it (lists as JSON), to compare with a column read as text."""
+    return json.dumps(value) if isinstance(value, list) else str(value)
+
+
+def absolute_paths(folder: Path) -> list[str]:
+    """Every absolute path named in the finding's text files, embedded images skipped."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if path.suffix in (".md", ".html", ".json", ".csv"):
+            text = EMBEDDED.sub("", path.read_text())
+            found += [f"{path.name}: {match}" for match in ABSOLUTE_PATH.findall(text)]
+    return found
