@@ -65,7 +65,7 @@ class Comparison:
 class ClaimResult:
     name: str  # suite name, e.g. "placement"
     claim: str  # the claim as practitioners hear it
-    design: str  # e.g. "LITERATURE.md C1"
+    design: str  # e.g. "docs/literature.md C1"
     budget: str  # smoke | quick | full
     outcome: str  # one of OUTCOMES
     summary: str  # one or two plain sentences with the effect size and CI
@@ -607,7 +607,7 @@ def _rate_cell(failures: int, total: int, ci: tuple[float, float]) -> str:
 
 def rule_forgiving_fraction(suite: Suite, sweep: Sweep, members: list[ArmRun]) -> tuple[list[Comparison], list]:
     """Per arm and seed: the fraction of grid cells whose validation accuracy is within 1 pp of
-    that arm's best cell (LITERATURE C8); a cell that failed to train is not forgiving. Compared
+    that arm's best cell (docs/literature.md C8); a cell that failed to train is not forgiving. Compared
     paired over seeds."""
     fraction: dict[tuple[str, int], float] = {}
     for arm_name in {name for pair in suite.compare for name in pair[:2]}:

@@ -43,7 +43,7 @@ class Text:
 
 @dataclass(frozen=True)
 class Badge:
-    outcome: str  # supported | not supported | inconclusive
+    outcome: str  # supported | not supported | depends | inconclusive (claims.OUTCOMES)
     detail: str = ""
 
 
@@ -460,13 +460,15 @@ def _claim_section(claim: ClaimResult) -> Section:
         rows = []
         for c in claim.comparisons:
             p = c.paired
+            failed = (f"{c.rates.failures_a}/{c.rates.total_a}, {c.rates.failures_b}/{c.rates.total_b}"
+                      if c.rates is not None else "–")
             rows.append([c.label + (" (primary)" if c.primary else ""), c.name_a, c.name_b, str(p.n),
-                         effect(p.diff_mean),
+                         str(c.n_dropped), failed, effect(p.diff_mean),
                          f"[{effect(p.ci95[0])}, {effect(p.ci95[1])}]" if p.n >= 2 else "n<2: no CI",
                          _p(p.p_value), _p(p.tost_p), _p(p.welch_p),
                          Badge(c.verdict.outcome, "" if c.verdict.reason == c.verdict.outcome else c.verdict.reason)])
-        blocks.append(Table(["comparison", "A", "B", "n", header, "95% CI", "paired-t p", "TOST p", "Welch p",
-                             "verdict"], rows))
+        blocks.append(Table(["comparison", "A", "B", "n", "dropped", "did not train (A, B)", header, "95% CI",
+                             "paired-t p", "TOST p", "Welch p", "verdict"], rows))
         blocks.append(Items([f"{c.label}: {c.sentence}" for c in claim.comparisons]))
     blocks += [_frame_table(title, frame) for title, frame in claim.tables]
     if claim.deviations:
@@ -656,6 +658,7 @@ td.num,th.num{text-align:right}
 .badge.supported{background:#dcfce7;color:#166534;border-color:#86efac}
 .badge.not-supported{background:#f3f4f6;color:#374151;border-color:#d1d5db}
 .badge.inconclusive{background:#fef3c7;color:#92400e;border-color:#fcd34d}
+.badge.depends{background:#ede9fe;color:#5b21b6;border-color:#c4b5fd}
 .detail{color:var(--muted);font-size:12px}
 .verdict{font-size:16px;margin:6px 0}
 .callout{border-left:4px solid;padding:9px 14px;border-radius:6px;margin:10px 0}

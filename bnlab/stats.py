@@ -1,4 +1,4 @@
-"""Statistics behind every claim verdict (LITERATURE 2.0): paired seeds, the margin rule, rates.
+"""Statistics behind every claim verdict (docs/literature.md): paired seeds, the margin rule, rates.
 
 Pure numbers in, numbers and sentences out: no torch, no pandas, no files.
 """
@@ -195,7 +195,7 @@ def seeds_to_settle(effect: float, sd: float, n: int, margin: float) -> int | No
 
 
 def verdict(p: Paired, margin: float, direction: int) -> Verdict:
-    """The LITERATURE 2.0 rule; `direction` is +1 if the claim says B > A, -1 if it says B < A.
+    """The shared verdict rule (docs/literature.md); `direction` is +1 if the claim says B > A, -1 if it says B < A.
 
     Checked in this order, the first match wins:
       supported/effect:         95% CI entirely on the claimed side of 0 and direction*mean >= margin;

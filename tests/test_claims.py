@@ -30,7 +30,7 @@ def test_all_eight_suites_are_shipped_and_valid() -> None:
         suite = load_suite(suite_path(name))
         assert suite.rule.name in RULES
         assert set(suite.budgets) == {"full", "quick", "smoke"}
-        assert suite.design.startswith("LITERATURE.md C")
+        assert suite.design.startswith("docs/literature.md C")
 
 
 @pytest.mark.parametrize("name", SUITES)

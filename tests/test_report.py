@@ -75,7 +75,7 @@ def placement_claim(folder: Path) -> ClaimResult:
     sentence = plain_words(paired, decided, **words)
     comparison = Comparison("relu, lr 0.01", "bn none", "bn after", paired, decided, sentence, primary=True)
     rates = pd.DataFrame({"arm": ["bn none", "bn after"], "diverged": [2, 2], "rate": [0.5, 0.5]})
-    return ClaimResult(name="placement", claim="BN lets you raise the learning rate", design="LITERATURE.md C2",
+    return ClaimResult(name="placement", claim="BN lets you raise the learning rate", design="docs/literature.md C2",
                        budget="smoke", outcome=decided.outcome, summary=comparison.sentence,
                        rule={"name": "paired_difference", "metric": "test_acc", "margin": 0.002, "direction": 1,
                              "unit": "pp", "scale": 100.0},
@@ -100,7 +100,7 @@ def ratio_claim(folder: Path) -> ClaimResult:
     paired = paired_comparison([steps[("none", s)] for s in "01"], [steps[("after", s)] for s in "01"], 0.223)
     decided = verdict(paired, 0.223, -1)
     comparison = Comparison("relu", "bn none", "bn after", paired, decided, "ratio sentence", primary=True)
-    return ClaimResult(name="convergence", claim="BN speeds up convergence", design="LITERATURE.md C7",
+    return ClaimResult(name="convergence", claim="BN speeds up convergence", design="docs/literature.md C7",
                        budget="smoke", outcome=decided.outcome, summary="ratio summary",
                        rule={"name": "steps_to_target", "metric": "steps", "target": 0.97, "margin": 0.223,
                              "direction": -1, "unit": "log-ratio", "scale": 1},
@@ -190,8 +190,8 @@ def test_claim_section_renders_verdict_table_and_literature(written: Written, sw
     ratio = written.built.sections[1]  # the log-ratio rule reads as a factor, not as pp
     assert ratio.title == "Claim: convergence"
     table = next(block for block in ratio.blocks if isinstance(block, Table))
-    assert table.columns[4] == "B / A"
-    assert table.rows[0][4] == f"{math.exp(ratio_claim(sweep).comparisons[0].paired.diff_mean):.2f}x"
+    assert table.columns[6] == "B / A"
+    assert table.rows[0][6] == f"{math.exp(ratio_claim(sweep).comparisons[0].paired.diff_mean):.2f}x"
     assert "margin a factor of 1.25" in written.md_path.read_text()
 
 

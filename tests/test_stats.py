@@ -48,7 +48,7 @@ def test_paired_matches_scipy() -> None:
     assert p.ci90 == pytest.approx(tuple(ref.confidence_interval(0.90)))
     assert p.p_value == pytest.approx(ref.pvalue)
     assert p.welch_p == pytest.approx(stats.ttest_ind(b, a, equal_var=False).pvalue)
-    assert p.sign_p == pytest.approx(stats.binomtest(5, 5).pvalue) == pytest.approx(0.0625)  # LITERATURE 2.0
+    assert p.sign_p == pytest.approx(stats.binomtest(5, 5).pvalue) == pytest.approx(0.0625)  # docs/literature.md
     lower = stats.ttest_1samp(b - a, -0.002, alternative="greater").pvalue
     upper = stats.ttest_1samp(b - a, 0.002, alternative="less").pvalue
     assert p.tost_p == pytest.approx(max(lower, upper))
@@ -133,7 +133,7 @@ def test_every_verdict_branch(diffs: list[float], direction: int, expected: tupl
 
 def _simulated_verdicts(effect: float, sd: float, n: int, margin: float, draws: int, rng) -> np.ndarray:
     """Whether a verdict is reached, per simulated experiment of n paired seeds drawn as the
-    projection assumes: LITERATURE 2.0's rule written out independently, vectorized."""
+    projection assumes: the shared verdict rule written out independently, vectorized."""
     diffs = rng.normal(effect, sd, (draws, n))
     mean, se = diffs.mean(1), diffs.std(1, ddof=1) / math.sqrt(n)
     t95, t90 = stats.t.ppf(0.975, n - 1), stats.t.ppf(0.95, n - 1)
