@@ -4,6 +4,7 @@ README's table from them, and the shipped README agrees with the shipped finding
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,51 @@ def test_a_finding_is_rechecked_from_its_own_files(suite: str, tmp_path: Path, t
                                      "--out", str(out)])
     assert again.exit_code == result.exit_code
     assert json.loads((out / "verdict.json").read_text())["wall_seconds"] == verdict["wall_seconds"]  # not reset
+
+
+def test_the_recheck_fails_on_a_changed_number(tmp_path: Path, tiny_mnist: Path) -> None:
+    """The recheck is a test that can fail: one per-seed value moved in runs.csv, or an outcome
+    changed in verdict.json, and it says which comparison no longer follows from the files."""
+    out = tmp_path / "placement"
+    result = CliRunner().invoke(app, ["claim", "test", "placement", f"data.root={tiny_mnist}", "data.verify=false",
+                                      "device=cpu", "train.epochs=4", "--budget", "smoke", "--runs-dir",
+                                      str(tmp_path / "runs"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert recheck(out) > 0
+    verdict_text, runs_text = (out / "verdict.json").read_text(), (out / "runs.csv").read_text()
+    comparison = next(c for c in json.loads(verdict_text)["comparisons"] if c["n"] >= 2)
+    run_id = comparison["per_seed"][0]["runs_b"][0]
+    lines = runs_text.splitlines()
+    header = lines[0].split(",")
+    for index, line in enumerate(lines):
+        cells = line.split(",")
+        if cells[0] == run_id and cells[1] == comparison["b"]:
+            column = header.index(comparison["metric"])
+            cells[column] = repr(float(cells[column]) - 0.01)
+            lines[index] = ",".join(cells)
+    (out / "runs.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(AssertionError, match=re.escape(comparison["label"])):
+        recheck(out)
+    (out / "runs.csv").write_text(runs_text)
+    verdict = json.loads(verdict_text)
+    verdict["comparisons"][0]["outcome"] = "supported" if verdict["comparisons"][0]["outcome"] != "supported" \
+        else "not supported"
+    (out / "verdict.json").write_text(json.dumps(verdict))
+    with pytest.raises(AssertionError):
+        recheck(out)
+
+
+SHIPPED = sorted(path.parent.name for path in (ROOT / "docs" / "findings").glob("*/verdict.json"))
+
+
+@pytest.mark.parametrize("suite", SHIPPED)
+def test_every_shipped_finding_rechecks_from_its_files(suite: str) -> None:
+    """Every comparison of every finding the repository ships follows from its runs.csv and
+    verdict.json (tests/recheck.py), and none of its files names a path of the machine that made it."""
+    folder = ROOT / "docs" / "findings" / suite
+    assert recheck(folder) >= 1
+    assert absolute_paths(folder) == []
+
+
+def test_every_suite_has_a_shipped_finding() -> None:
+    assert SHIPPED == suite_names()
