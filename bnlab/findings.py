@@ -53,7 +53,7 @@ def verdict_record(outcome: Any) -> dict[str, Any]:
         "command": result.command,
         "seeds": list(sweep.seeds),
         "runs": len(sweep.configs),
-        "runs_trained": outcome.state.total - outcome.state.skipped,
+        "runs_trained": sum(item.get("runs_trained") or 0 for item in invocations),
         "invocations": invocations,
         "wall_seconds": round(sum(item.get("wall_seconds") or 0 for item in invocations), 1),
         "git_commits": commits,
@@ -64,12 +64,12 @@ def verdict_record(outcome: Any) -> dict[str, Any]:
 
 def portable(text: str, sweep_folder: Path) -> str:
     """`text` without this machine's paths: the sweep folder becomes runs/<its name> (where a
-    plain `bnlab claim test` puts it), any other absolute path <local path>. Embedded images
+    plain `bnlab claim test` puts it), any other absolute path (local path). Embedded images
     (base64, where '/' is a digit) are left as they are."""
     text = text.replace(str(sweep_folder), f"runs/{sweep_folder.name}")
     parts = EMBEDDED.split(text)
     embedded = EMBEDDED.findall(text)
-    scrubbed = [ABSOLUTE_PATH.sub("<local path>", part) for part in parts]
+    scrubbed = [ABSOLUTE_PATH.sub("(local path)", part) for part in parts]
     return "".join(part + (embedded[i] if i < len(embedded) else "") for i, part in enumerate(scrubbed))
 
 

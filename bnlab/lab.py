@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bnlab.claims import ClaimResult, Suite, analyze, load_suite, suite_path, suite_sweep
 from bnlab.records import append_invocation, write_arms
@@ -39,16 +40,27 @@ def test_claim(name: str, budget: str = "quick", overrides: Sequence[str] = (), 
     path = suite_path(name)
     suite = load_suite(path)
     sweep, members = suite_sweep(suite, budget, overrides, path.read_text())
-    started = time.perf_counter()
-    state = run_sweep(sweep, runs_root, options, on_event)
-    wall_seconds = time.perf_counter() - started
     folder = sweep_folder(sweep, runs_root)
+    live: list[SweepState] = []  # the sweep's state, kept from its first event: what it trained, interrupted or not
+
+    def watch(kind: str, state: SweepState, payload: Any) -> None:
+        live[:] = [state]
+        if on_event is not None:
+            on_event(kind, state, payload)
+
+    started = time.perf_counter()
+    try:
+        state = run_sweep(sweep, runs_root, options, watch)
+    finally:
+        wall_seconds = time.perf_counter() - started
+        # Every invocation that trained counts toward the findings' wall time, an interrupted one
+        # too; re-analysing finished runs adds nothing.
+        trained = sum(live[0].counts.values()) if live else 0
+        if trained:
+            append_invocation(folder, {"wall_seconds": round(wall_seconds, 1), "runs_trained": trained,
+                                       "matmul_gflops": round(matmul_gflops(), 1), "git_commit": git_commit(),
+                                       "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
     write_arms(folder, members)
-    trained = sum(state.counts.values())
-    if trained:  # re-analysing finished runs adds no time: the findings' total is the training's
-        append_invocation(folder, {"wall_seconds": round(wall_seconds, 1), "runs_trained": trained,
-                                   "matmul_gflops": round(matmul_gflops(), 1), "git_commit": git_commit(),
-                                   "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
     command = shlex.join(["bnlab", "claim", "test", name, *overrides, "--budget", budget])
     result = analyze(suite, sweep, folder, budget, command, wall_seconds)
     markdown, html = write_report(build_report(folder, [result]), folder)

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import WAIT_SECONDS, Holds
 from recheck import absolute_paths, recheck
 from typer.testing import CliRunner
 
@@ -75,6 +79,9 @@ def test_a_finding_is_rechecked_from_its_own_files(suite: str, tmp_path: Path, t
     assert any(c["n"] >= 2 for c in verdict["comparisons"] if c["primary"]), "nothing trained: a vacuous recheck"
     assert absolute_paths(out) == []
     assert str(tmp_path) not in (out / "report.md").read_text()
+    # The data folder given on the command line is named, not shown, in every file (HTML included).
+    assert verdict["command"].startswith(f"bnlab claim test {suite} data.root=(local path) ")
+    assert "data.root=(local path)" in (out / "report.html").read_text()
     assert [item["runs_trained"] for item in verdict["invocations"]] == [verdict["runs"]]
     assert verdict["wall_seconds"] == verdict["invocations"][0]["wall_seconds"] > 0
     again = CliRunner().invoke(app, ["claim", "test", suite, f"data.root={tiny_mnist}", "data.verify=false",
@@ -130,3 +137,28 @@ def test_every_shipped_finding_rechecks_from_its_files(suite: str) -> None:
 
 def test_every_suite_has_a_shipped_finding() -> None:
     assert SHIPPED == suite_names()
+
+
+def test_an_interrupted_invocation_counts_toward_the_wall_time(tmp_path: Path, tiny_mnist: Path,
+                                                              holds: Holds) -> None:
+    """A claim test stopped by Ctrl-C after one finished run, then resumed: verdict.json lists both
+    invocations, with the runs each trained, and their total."""
+    command = [sys.executable, "-m", "bnlab", "claim", "test", "placement", f"data.root={tiny_mnist}",
+               "data.verify=false", "device=cpu", "--budget", "smoke", "--runs-dir", str(tmp_path / "runs"),
+               "--workers", "1"]
+    holds.arm("sweep.run")  # the driver, just after it recorded its first finished run
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    assert holds.wait("sweep.run", process) == process.pid
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=WAIT_SECONDS)
+    assert process.returncode == 130, stderr
+    out = tmp_path / "findings"
+    resumed = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=WAIT_SECONDS)
+    assert resumed.returncode == 0, resumed.stderr
+    verdict = json.loads((out / "verdict.json").read_text())
+    first, second = verdict["invocations"]
+    assert first["runs_trained"] >= 1 and first["runs_trained"] + second["runs_trained"] == verdict["runs"] == 16
+    assert verdict["runs_trained"] == 16
+    assert verdict["wall_seconds"] == round(first["wall_seconds"] + second["wall_seconds"], 1)
+    assert all(item["matmul_gflops"] > 0 for item in verdict["invocations"])
