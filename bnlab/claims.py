@@ -359,10 +359,11 @@ def _edge_flag(arm: str, nuisance: str, best: Any, values: list[Any]) -> str | N
 
 
 def compare_arms(suite: Suite, sweep: Sweep, members: list[ArmRun], value: Value, kind: str = "paired_difference",
-                 runs_of: RunsOf | None = None) -> list[Comparison]:
+                 runs_of: RunsOf | None = None, trained: dict[str, bool] | None = None) -> list[Comparison]:
     """Every (A, B) pair, per stratum, at each shared nuisance value and at each arm's best.
     `value` gives a member's per-seed value (for log_ratio the quantity whose ratio B / A is
-    compared); `runs_of` the run ids it came from (its own run unless said otherwise)."""
+    compared); `runs_of` the run ids it came from (its own run unless said otherwise); `trained`
+    whether each run trained (by run id). Failures are counted over every run a comparison reads."""
     rule = suite.rule
     comparisons = []
     settings: list[Any] = [None]
@@ -403,12 +404,13 @@ def compare_arms(suite: Suite, sweep: Sweep, members: list[ArmRun], value: Value
                                    flags=tuple(flag for flag in flags if flag), kind=kind,
                                    metrics=(metric_a, metric_b), stratum=fixed, selection=selection)
                 comparisons.append(_compare(suite, facts, chosen_a, chosen_b, value,
-                                            runs_of or (lambda member: [member.run.folder.name])))
+                                            runs_of or (lambda member: [member.run.folder.name]),
+                                            trained or {m.run.folder.name: m.run.trained for m in members}))
     return comparisons
 
 
 def _compare(suite: Suite, facts: Comparison, chosen_a: dict[int, ArmRun], chosen_b: dict[int, ArmRun],
-             value: Value, runs_of: RunsOf) -> Comparison:
+             value: Value, runs_of: RunsOf, trained: dict[str, bool]) -> Comparison:
     """`facts` (what is compared, and how the runs were chosen) completed with the statistics."""
     from dataclasses import replace
 
@@ -421,9 +423,11 @@ def _compare(suite: Suite, facts: Comparison, chosen_a: dict[int, ArmRun], chose
     values_b = [statistic(row["value_b"]) if math.isfinite(row["value_b"]) else math.nan for row in per_seed]
     paired = paired_comparison(values_a, values_b, rule.margin)
     outcome = verdict(paired, rule.margin, rule.direction)
-    failed_a = sum(not m.run.trained for m in chosen_a.values())
-    failed_b = sum(not m.run.trained for m in chosen_b.values())
-    rates = rate_comparison(failed_a, len(chosen_a), failed_b, len(chosen_b))
+    counted_a = [run_id for row in per_seed for run_id in row["runs_a"]]
+    counted_b = [run_id for row in per_seed for run_id in row["runs_b"]]
+    failed_a = sum(not trained[run_id] for run_id in counted_a)
+    failed_b = sum(not trained[run_id] for run_id in counted_b)
+    rates = rate_comparison(failed_a, len(counted_a), failed_b, len(counted_b))
     sentence = plain_words(paired, outcome, name_a=a_name, name_b=b_name, metric=_metric_words(rule),
                            unit=rule.unit, scale=rule.scale, margin=rule.margin, direction=rule.direction)
     n_dropped = len(seeds) - paired.n
@@ -530,35 +534,44 @@ def rule_steps_to_target(suite: Suite, sweep: Sweep, members: list[ArmRun]) -> t
         return max(steps_to(member.run, target), 1.0)
 
     comparisons = compare_arms(suite, sweep, members, steps, kind="log_ratio")
-    return [_as_ratio(c, target, suite.rule.margin) for c in comparisons], []
+    return [_as_ratio(c, target, suite.rule.margin, suite.rule.direction) for c in comparisons], []
 
 
-def _as_ratio(c: Comparison, target: float, margin: float) -> Comparison:
+def _as_ratio(c: Comparison, target: float, margin: float, direction: int) -> Comparison:
+    """The comparison's sentence in ratios B / A (the statistic is a mean log-ratio), with the
+    CI's ends beside the margin as a ratio too; the notes plain_words added are kept."""
     from dataclasses import replace
 
     p = c.paired
     if p.n == 0:
         return c
-    low, high = (math.exp(x) if math.isfinite(x) else math.nan for x in p.ci95)
-    ci = f" (95% CI {low:.2f}x to {high:.2f}x)" if p.n > 1 else ""
+
+    def ratio(x: float) -> str:
+        return f"{math.exp(x):.2f}x" if math.isfinite(x) else "–"
+
+    ci = f" (95% CI {ratio(p.ci95[0])} to {ratio(p.ci95[1])})" if p.n > 1 else ""
+    against = f"a margin of {ratio(direction * margin)}"
+    nearest_one = ratio(min(p.ci95, key=abs))
     if c.verdict.seeds_needed is None:
         projection = (f"not even {PROJECTION_MAX_SEEDS} paired seeds would likely settle it (the effect sits near "
                       "the margin, or the spread is wide)")
     else:
         projection = (f"if the effect and spread seen so far held, {c.verdict.seeds_needed} paired seeds would "
                       f"reach a verdict with {PROJECTION_POWER:.0%} probability")
-    bound = min(p.ci95, key=lambda x: -x) if p.n > 1 else math.nan  # the bound nearest 1x on the faster side
+    reach = ratio(max(p.ci95, key=lambda x: direction * x))
     tail = {
-        ("supported", "effect"): f"the claim holds here (the CI's bound nearest 1x is {math.exp(bound):.2f}x, "
-                                 f"against a margin of {math.exp(-margin):.2f}x)",
-        ("not supported", "opposite"): "the opposite of the claim",
-        ("not supported", "equivalent"): f"within a factor of {math.exp(margin):.2f} either way, so no practical "
-                                         "difference here",
-    }.get((c.verdict.outcome, c.verdict.reason), f"inconclusive at this sample size; projection: {projection}")
-    sentence = (f"{c.name_b} reached {100 * target:.0f}% validation accuracy in {math.exp(p.diff_mean):.2f}x the "
+        ("supported", "effect"): f"the CI's end nearest 1x is {nearest_one}, against {against}: the claim holds here",
+        ("not supported", "opposite"): f"the opposite of the claim (the CI's end nearest 1x is {nearest_one}, "
+                                       f"against {against})",
+        ("not supported", "equivalent"): f"its 90% CI ({ratio(p.ci90[0])} to {ratio(p.ci90[1])}) is within a factor "
+                                         f"of {math.exp(margin):.2f} either way, so no practical difference here",
+    }.get((c.verdict.outcome, c.verdict.reason),
+          f"the CI reaches {reach} on the claim's side, against {against}; inconclusive at this sample size; "
+          f"projection: {projection}")
+    sentence = (f"{c.name_b} reached {100 * target:.0f}% validation accuracy in {ratio(p.diff_mean)} the "
                 f"steps of {c.name_a}{ci} over {p.n} paired seed(s); {tail}.")
-    extra = c.sentence.split(" over ", 1)[1].split(". ", 1)
-    return replace(c, sentence=sentence + (" " + extra[1] if len(extra) > 1 else ""))
+    notes = c.sentence.split(" over ", 1)[1].split(". ", 1)
+    return replace(c, sentence=sentence + (" " + notes[1] if len(notes) > 1 else ""))
 
 
 def rule_stable_lr(suite: Suite, sweep: Sweep, members: list[ArmRun]) -> tuple[list[Comparison], list]:
@@ -622,7 +635,8 @@ def rule_forgiving_fraction(suite: Suite, sweep: Sweep, members: list[ArmRun]) -
     by_seed = [ArmRun(arm, {}, seed, _any_run(members, arm, seed)) for arm, seed in fraction]
     return compare_arms(once, sweep, by_seed, lambda member, _metric: fraction[member.arm, member.seed],
                         kind="fraction", runs_of=lambda member: sorted(
-                            m.run.folder.name for m in members if (m.arm, m.seed) == (member.arm, member.seed))), []
+                            m.run.folder.name for m in members if (m.arm, m.seed) == (member.arm, member.seed)),
+                        trained={m.run.folder.name: m.run.trained for m in members}), []
 
 
 def _any_run(members: list[ArmRun], arm: str, seed: int) -> RunRecord:
@@ -693,7 +707,9 @@ def comparison_record(c: Comparison, rule: Rule) -> dict[str, Any]:
     if rates is not None:
         record["failures"] = {"a": rates.failures_a, "total_a": rates.total_a, "b": rates.failures_b,
                               "total_b": rates.total_b, "ci_a": list(rates.ci_a), "ci_b": list(rates.ci_b),
-                              "fisher_p": rates.p_value, "smallest_reachable_p": rates.min_p}
+                              "fisher_p": rates.p_value, "smallest_reachable_p": rates.min_p,
+                              "runs_a": sorted({r for row in c.per_seed for r in row["runs_a"]}),
+                              "runs_b": sorted({r for row in c.per_seed for r in row["runs_b"]})}
     return record
 
 

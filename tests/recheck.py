@@ -95,7 +95,24 @@ def recheck(folder: Path) -> int:
         assert (comparison["outcome"], comparison["reason"]) == (outcome, reason), where
         if comparison["selection"]["selection"] == "best":
             _recheck_pick(comparison, runs, where)
+        _recheck_failures(comparison, runs, where)
     return len(verdict["comparisons"])
+
+
+def _recheck_failures(comparison: dict[str, Any], runs: pd.DataFrame, where: str) -> None:
+    """Per arm: the runs counted, how many did not train (status other than done), their exact
+    interval, and the Fisher exact p of the two counts."""
+    failures = comparison["failures"]
+    counts = {}
+    for side in ("a", "b"):
+        counted = runs[(runs["arm"] == comparison[side]) & runs["run_id"].isin(failures[f"runs_{side}"])]
+        assert len(counted) == len(failures[f"runs_{side}"]) == failures[f"total_{side}"], where
+        counts[side] = int((counted["status"] != "done").sum())
+        assert counts[side] == failures[side], (where, side, counts[side], failures[side])
+        ci = stats.binomtest(counts[side], len(counted)).proportion_ci(method="exact")
+        assert _close(ci.low, failures[f"ci_{side}"][0]) and _close(ci.high, failures[f"ci_{side}"][1]), where
+    table = [[counts["a"], failures["total_a"] - counts["a"]], [counts["b"], failures["total_b"] - counts["b"]]]
+    assert _close(stats.fisher_exact(table).pvalue, failures["fisher_p"]), where
 
 
 def _recheck_pick(comparison: dict[str, Any], runs: pd.DataFrame, where: str) -> None:
