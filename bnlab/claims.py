@@ -1,25 +1,21 @@
-"""Claim suites: a sweep, the arms to compare, and a decision rule, turned into a verdict.
+"""Claim analysis: a suite's runs read back by the arm that generated them, compared by its
+decision rule, and turned into a verdict (docs/claims.md). The suite format is bnlab.suites.
 
-A suite (configs/claims/<name>.yaml, format in docs/claims.md) names a base config, shared grid
-axes, named arms (field values added to the base), budgets, and a `rule:` naming one of RULES
-below. The runs are an ordinary sweep folder; the analysis reads it back through the records
-module, so a report can be rebuilt from disk at any time.
+The runs are an ordinary sweep folder; the analysis reads it back through the records module,
+so a report can be rebuilt from disk at any time.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from bnlab.config import Config, apply_overrides, describe, read_yaml_mapping, set_dotted
+from bnlab.config import Config
 from bnlab.errors import ConfigError, RecordsError
 from bnlab.spec import Sweep
 from bnlab.stats import (
@@ -33,8 +29,8 @@ from bnlab.stats import (
     rate_comparison,
     verdict,
 )
+from bnlab.suites import Rule, Suite, cell_label
 
-CLAIMS_DIR = Path(__file__).resolve().parent.parent / "configs" / "claims"
 OUTCOMES = ("supported", "not supported", "depends", "inconclusive")
 FORGIVING_TOLERANCE = 0.01  # a cell is forgiving when its validation accuracy is this close to the best
 
@@ -80,144 +76,6 @@ class ClaimResult:
     wall_seconds: float | None = None  # of the command that produced it (resumed: its last invocation)
 
 
-# --- the suite format ----------------------------------------------------------------------------
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Budget(_Strict):
-    seeds: list[int] = Field(min_length=1)
-    set: dict[str, Any] = Field(default_factory=dict)  # dotted field -> value, applied to the base
-    grid: dict[str, list[Any]] = Field(default_factory=dict)  # replaces shared axes (e.g. fewer lrs)
-
-
-class Rule(_Strict):
-    name: Literal["paired_difference", "stable_lr", "steps_to_target", "forgiving_fraction"]
-    metric: str = "test_acc"  # see metric_values
-    margin: float = Field(gt=0)
-    direction: Literal[1, -1] = 1  # +1: the claim says B's metric is higher
-    unit: str = "pp"
-    scale: float = 100.0  # metric -> unit (accuracy fraction -> percentage points)
-    target: float | None = None  # steps_to_target: validation accuracy to reach
-    ratio: float | None = None  # stable_lr: B's largest stable lr at least this many times A's
-
-
-class Suite(_Strict):
-    name: str
-    claim: str
-    design: str
-    literature: str = ""
-    expected: Literal["supported", "not supported", "depends", "inconclusive", "mixed"] | None = None
-    base: dict[str, Any] = Field(default_factory=dict)
-    grid: dict[str, list[Any]] = Field(default_factory=dict)  # shared axes, crossed with every arm
-    # Arm name -> dotted field values; the reserved key `metric` makes an arm a measurement of the
-    # same runs instead (inference-stats compares evaluation modes of one model).
-    arms: dict[str, dict[str, Any]] = Field(min_length=2)
-    # (A, B[, "secondary"]): B against A; the verdict rests on the pairs not marked secondary.
-    compare: list[tuple[str, str] | tuple[str, str, Literal["secondary"]]] = Field(min_length=1)
-    within: list[str] = Field(default_factory=list)  # separate comparisons per value of these axes
-    nuisance: str | None = None  # an axis tuned away: also compare each arm at its best value on val
-    primary: dict[str, Any] = Field(default_factory=dict)  # within/nuisance values ("best") of the verdict
-    rule: Rule
-    budgets: dict[Literal["full", "quick", "smoke"], Budget]
-    deviations: list[str] = Field(default_factory=list)
-
-
-def suite_path(name: str) -> Path:
-    path = CLAIMS_DIR / f"{name}.yaml"
-    if not path.exists():
-        raise ConfigError(f"claim {name!r}: no such suite; available: {', '.join(suite_names())}")
-    return path
-
-
-def suite_names() -> list[str]:
-    return sorted(path.stem for path in CLAIMS_DIR.glob("*.yaml"))
-
-
-def load_suite(path: Path) -> Suite:
-    raw = read_yaml_mapping(path)
-    try:
-        suite = Suite.model_validate(raw)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise ConfigError(f"{path}: {where}: {first['msg'].removeprefix('Value error, ')}") from None
-    for pair in suite.compare:
-        for arm in pair[:2]:
-            if arm not in suite.arms:
-                raise ConfigError(f"{path}: compare: unknown arm {arm!r}; arms: {', '.join(suite.arms)}")
-    axes = set(suite.grid).union(*(budget.grid for budget in suite.budgets.values()))
-    for arm_name, arm in suite.arms.items():
-        for dotted in sorted(set(_fields(arm)) & axes):
-            raise ConfigError(f"{path}: arms.{arm_name}: sets {dotted}, which is also a grid axis; an arm may "
-                              "not set what the grid varies")
-    for dotted in suite.primary:
-        if dotted not in (*suite.within, suite.nuisance):
-            allowed = [*suite.within, *([suite.nuisance] if suite.nuisance else [])]
-            raise ConfigError(f"{path}: primary: {dotted} is neither a `within` axis nor the nuisance; allowed: "
-                              f"{', '.join(allowed) or 'none'}")
-    return suite
-
-
-def suite_sweep(suite: Suite, budget: str, overrides: Sequence[str],
-                spec_text: str) -> tuple[Sweep, list[dict[str, Any]]]:
-    """Every run of the suite at `budget`: base + budget settings + user overrides, crossed with
-    the arms, the shared axes and the seeds. Validated up front like any sweep. Also returns the
-    members: one {arm, cell, seed, run_id} per (arm, cell, seed), the run that serves it (what
-    records.write_arms keeps), so the analysis selects runs by the arm that generated them."""
-    if budget not in suite.budgets:
-        raise ConfigError(f"--budget {budget}: not defined for {suite.name}; allowed: {', '.join(suite.budgets)}")
-    plan = suite.budgets[budget]
-    base_raw = copy.deepcopy(suite.base)
-    for dotted, value in plan.set.items():
-        set_dotted(base_raw, dotted.split("."), value)
-    name = f"claim-{suite.name}-{budget}"
-    base_raw["name"] = name
-    apply_overrides(base_raw, overrides)
-    try:
-        base = Config.model_validate(base_raw)
-    except ValidationError as err:
-        raise ConfigError(f"claim {suite.name}: base: {describe(err)}") from None
-    grid = {**suite.grid, **plan.grid}
-    configs: dict[str, Config] = {}
-    generated_by: dict[str, str] = {}  # run id -> the first arm that generated it
-    members = []
-    for arm_name, arm in suite.arms.items():
-        for cell in itertools.product(*grid.values()):
-            raw = copy.deepcopy(base_raw)
-            for dotted, value in [*_fields(arm).items(), *zip(grid, cell, strict=True)]:
-                set_dotted(raw, dotted.split("."), value)
-            cell_values = dict(zip(grid, cell, strict=True))
-            for seed in plan.seeds:
-                raw["seed"] = seed
-                try:
-                    cfg = Config.model_validate(raw)
-                except ValidationError as err:
-                    raise ConfigError(f"claim {suite.name}: arm {arm_name}: {describe(err)}") from None
-                run_id = cfg.run_id()
-                other = generated_by.setdefault(run_id, arm_name)
-                # Only arms declared as measurements of the same runs (equal fields, each its own
-                # `metric`) may share one; any other two arms generating one run is a design error.
-                if other != arm_name and _fields(suite.arms[other]) != _fields(arm):
-                    raise ConfigError(f"claim {suite.name}: arms {other} and {arm_name} generate the same run "
-                                      f"({_label(cell_values)}, seed {seed}); give them different fields, or make "
-                                      "them measurements of one run (equal fields, each its own metric)")
-                configs.setdefault(run_id, cfg)
-                members.append({"arm": arm_name, "cell": cell_values, "seed": seed, "run_id": run_id})
-    arm_fields = sorted({dotted for arm in suite.arms.values() for dotted in _fields(arm)})
-    axes = {dotted: list({repr(arm.get(dotted)): arm.get(dotted) for arm in suite.arms.values()}.values())
-            for dotted in arm_fields}
-    axes |= grid
-    return Sweep(name=name, spec_text=spec_text, base=base, axes=axes, seeds=list(plan.seeds),
-                 configs=list(configs.values())), members
-
-
-def _fields(arm: dict[str, Any]) -> dict[str, Any]:
-    return {dotted: value for dotted, value in arm.items() if dotted != "metric"}
-
-
 # --- reading results back ------------------------------------------------------------------------
 
 
@@ -258,7 +116,7 @@ def read_arm_runs(folder: Path, sweep: Sweep) -> list[ArmRun]:
     runs: dict[str, RunRecord] = {}
     members = []
     for row in read_arms(folder):
-        run_id, where = row["run_id"], f"arm {row['arm']}, {_label(row['cell'])}, seed {row['seed']}"
+        run_id, where = row["run_id"], f"arm {row['arm']}, {cell_label(row['cell'])}, seed {row['seed']}"
         if run_id not in configs:
             raise RecordsError(f"{folder / ARMS}: {where}: run {run_id} is not a run of this suite's sweep")
         if run_id not in runs:
@@ -322,22 +180,18 @@ def _per_seed(members: list[ArmRun], arm: str, where: dict[str, Any]) -> dict[in
     for member in members:
         if member.arm == arm and member.at(where):
             if member.seed in chosen:
-                raise ConfigError(f"arm {arm} at {_label(where)}, seed {member.seed}: several runs "
+                raise ConfigError(f"arm {arm} at {cell_label(where)}, seed {member.seed}: several runs "
                                   f"({chosen[member.seed].run.folder.name}, {member.run.folder.name}); a comparison "
                                   "needs exactly one: compare within the grid axes that tell them apart")
             chosen[member.seed] = member
     if not chosen:
-        raise ConfigError(f"arm {arm} at {_label(where)}: no runs to compare")
+        raise ConfigError(f"arm {arm} at {cell_label(where)}: no runs to compare")
     return chosen
 
 
 def _strata(suite: Suite, sweep: Sweep) -> list[dict[str, Any]]:
     axes = {dotted: sweep.axes[dotted] for dotted in suite.within}
     return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())] or [{}]
-
-
-def _label(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in values.items()) or "all runs"
 
 
 def _mean_val(members: list[ArmRun]) -> float:
@@ -398,7 +252,7 @@ def compare_arms(suite: Suite, sweep: Sweep, members: list[ArmRun], value: Value
                     chosen_a, chosen_b = _per_seed(members, a_name, fixed), _per_seed(members, b_name, fixed)
                     if setting is not None:
                         label_values[suite.nuisance] = setting
-                facts = Comparison(_label(label_values), a_name, b_name, paired_comparison([], [], rule.margin),
+                facts = Comparison(cell_label(label_values), a_name, b_name, paired_comparison([], [], rule.margin),
                                    Verdict("inconclusive", "too few seeds", None), "",
                                    len(pair) == 2 and _is_primary(suite, stratum, setting),
                                    flags=tuple(flag for flag in flags if flag), kind=kind,

@@ -15,7 +15,7 @@ claim_app = typer.Typer(help="Test claims about BN with the built-in suites.", n
 @claim_app.command("list")
 def list_claims() -> None:
     """The claim suites, with the claim each tests."""
-    from bnlab.claims import load_suite, suite_names, suite_path
+    from bnlab.suites import load_suite, suite_names, suite_path
 
     with user_errors():
         for name in suite_names():

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnlab.claims import ClaimResult, Suite, analyze, load_suite, suite_path, suite_sweep
+from bnlab.claims import ClaimResult, analyze
 from bnlab.records import append_invocation, write_arms
 from bnlab.runner import git_commit
 from bnlab.spec import Sweep
+from bnlab.suites import Suite, load_suite, suite_path, suite_sweep
 from bnlab.sweep import Event, SweepOptions, SweepState, run_sweep, sweep_folder
 
 
