@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnlab.config import load_config
-from bnlab.data import Splits, load_dataset
+from bnlab.tensors import Splits, load_dataset
 from bnlab.train import train
 
 HERE = Path(__file__).resolve().parent

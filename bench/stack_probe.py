@@ -30,8 +30,8 @@ import torch
 from run_speed import reference_epoch
 
 from bnlab.config import Config, load_config
-from bnlab.data import Splits, load_dataset
 from bnlab.stacked import train_stack
+from bnlab.tensors import Splits, load_dataset
 from bnlab.train import train
 
 HERE = Path(__file__).resolve().parent

@@ -76,7 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.environ.get("BNLAB_DATA", str(DEFAULT_DATA)))
     args = parser.parse_args()
-    from bnlab.data import load_dataset
+    from bnlab.tensors import load_dataset
 
     splits = load_dataset(bench_config(args.data, 32).data, "cpu")
     n_models = len(SEEDS) * len(LRS)

@@ -56,8 +56,9 @@ _splits_cache: dict[tuple[Any, ...], Any] = {}
 def execute(group: Group, raw: Any = None) -> list[Any]:
     """Train one group; every exception becomes `failed` records, never a dead worker."""
     try:
-        from bnlab.data import load_raw, to_splits
+        from bnlab.data import load_raw
         from bnlab.runner import trained
+        from bnlab.tensors import to_splits
         from bnlab.train import resolve_device, train
 
         first = group.configs[0]

@@ -20,7 +20,6 @@ import torch
 
 import bnlab
 from bnlab.config import Config
-from bnlab.data import Splits, load_dataset
 from bnlab.plots import learning_curves_png
 from bnlab.records import (
     ERROR,
@@ -31,6 +30,7 @@ from bnlab.records import (
     run_folder,
     runs_dir,
 )
+from bnlab.tensors import Splits, load_dataset
 from bnlab.train import OnEvent, RunResult, resolve_device, train
 
 

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnlab.config import Config, TrainConfig
-from bnlab.data import Splits
 from bnlab.model import STREAM_DROPOUT, GhostBatchNorm1d, build_model, ghost_chunks, stream_seed
+from bnlab.tensors import Splits
 from bnlab.train import (
     OPTIMIZERS,
     OnEvent,

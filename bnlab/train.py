@@ -20,10 +20,10 @@ from torch import nn
 
 from bnlab import faults
 from bnlab.config import Config, TrainConfig
-from bnlab.data import Splits
 from bnlab.errors import ConfigError
 from bnlab.model import STREAM_DATA_ORDER, STREAM_DROPOUT, build_model, generator, stream_seed
 from bnlab.optim import ForeachSGD, FusedAdam
+from bnlab.tensors import Splits
 
 Event = dict[str, Any]
 OnEvent = Callable[[Event], None]

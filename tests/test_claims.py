@@ -261,7 +261,7 @@ def test_depends_names_where_the_claim_holds() -> None:
                                                   "model.hidden=[100, 100, 100].")
 
 
-@pytest.mark.parametrize("command", [["--help"], ["claim", "list"]])
+@pytest.mark.parametrize("command", [["--help"], ["claim", "list"], ["data", "where"]])
 def test_light_commands_import_neither_torch_nor_scipy(command: list[str]) -> None:
     code = ("import sys\nfrom bnlab.cli import app\ntry:\n    app(sys.argv[1:], standalone_mode=False)\n"
             "except SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'scipy') if m in sys.modules))")

@@ -22,7 +22,7 @@ import torch
 from conftest import TINY_TEST, TINY_TRAIN, make_images, require, write_dataset, write_idx
 from typer.testing import CliRunner
 
-from bnlab import cli_data, data
+from bnlab import cli_data, data, tensors
 from bnlab.cli import app
 from bnlab.config import DataConfig
 from bnlab.errors import DataError
@@ -194,7 +194,7 @@ def test_dataset_choices_agree_with_config_and_cli() -> None:
 
 def test_splits_val_is_the_end_of_train_and_subset_the_start(tiny_mnist: Path) -> None:
     raw = data.load_raw(cfg(root=str(tiny_mnist)))
-    splits = data.to_splits(raw, cfg(root=str(tiny_mnist), val_size=100, train_subset=50, normalize="unit"), "cpu")
+    splits = tensors.to_splits(raw, cfg(root=str(tiny_mnist), val_size=100, train_subset=50, normalize="unit"), "cpu")
     assert splits.train_x.shape == (50, 784) and splits.val_x.shape == (100, 784)
     assert splits.test_x.shape == (TINY_TEST, 784)
     assert splits.train_x.dtype == torch.float32 and splits.train_y.dtype == torch.int64
@@ -207,19 +207,19 @@ def test_splits_val_is_the_end_of_train_and_subset_the_start(tiny_mnist: Path) -
 
 def test_normalizations(tiny_mnist: Path) -> None:
     raw = data.load_raw(cfg(root=str(tiny_mnist)))
-    standard = data.to_splits(raw, cfg(val_size=100, normalize="standard"), "cpu")
+    standard = tensors.to_splits(raw, cfg(val_size=100, normalize="standard"), "cpu")
     assert abs(standard.train_x.mean().item()) < 1e-5
     assert standard.train_x.std().item() == pytest.approx(1.0, abs=1e-4)
     unit_train = raw.train_images[:300].astype(np.float64) / 255
     expected_val = (raw.train_images[300:] / 255 - unit_train.mean()) / unit_train.std(ddof=1)
     torch.testing.assert_close(standard.val_x, torch.from_numpy(expected_val.reshape(100, 784)).float())
 
-    binary = data.to_splits(raw, cfg(val_size=100, normalize="binary"), "cpu")
+    binary = tensors.to_splits(raw, cfg(val_size=100, normalize="binary"), "cpu")
     assert set(binary.train_x.unique().tolist()) <= {0.0, 1.0}
     expected = torch.from_numpy((raw.test_images.reshape(-1, 784) >= 128).astype(np.float32))
     torch.testing.assert_close(binary.test_x, expected)
 
-    unit = data.to_splits(raw, cfg(val_size=0, normalize="unit"), "cpu")
+    unit = tensors.to_splits(raw, cfg(val_size=0, normalize="unit"), "cpu")
     assert unit.val_x.shape == (0, 784) and 0.0 <= unit.train_x.min() and unit.train_x.max() <= 1.0
 
 
@@ -230,7 +230,7 @@ def test_normalizations(tiny_mnist: Path) -> None:
 )
 def test_splits_that_leave_no_training_images(tiny_mnist: Path, fields: dict, start: str) -> None:
     with pytest.raises(DataError) as err:
-        data.load_dataset(cfg(root=str(tiny_mnist), **fields), "cpu")
+        tensors.load_dataset(cfg(root=str(tiny_mnist), **fields), "cpu")
     assert one_line(err).startswith(start)
 
 
@@ -240,7 +240,7 @@ def test_real_mnist_verifies_and_has_the_known_statistics(real_mnist: Path) -> N
     ]
     raw = data.load_raw(DataConfig(root=str(real_mnist), verify=True))
     assert raw.train_images.shape == (60000, 28, 28) and raw.test_images.shape == (10000, 28, 28)
-    splits = data.to_splits(raw, DataConfig(root=str(real_mnist), val_size=0, normalize="unit"), "cpu")
+    splits = tensors.to_splits(raw, DataConfig(root=str(real_mnist), val_size=0, normalize="unit"), "cpu")
     assert splits.train_x.mean().item() == pytest.approx(0.1307, abs=1e-4)
     assert splits.train_x.std().item() == pytest.approx(0.3081, abs=1e-4)
 

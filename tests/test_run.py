@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from bnlab.cli import app
 from bnlab.config import load_config
-from bnlab.data import load_dataset
 from bnlab.model import build_model
 from bnlab.records import read_summary
 from bnlab.runner import run
+from bnlab.tensors import load_dataset
 from bnlab.train import PROBE_UNITS, epoch_order, train
 
 RUN_FILES = {"config.yaml", "epochs.csv", "steps.csv", "probes.csv", "evals.csv", "summary.json", "model.pt",

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from bnlab.config import Config, load_config
-from bnlab.data import Splits, load_dataset
 from bnlab.model import build_model
 from bnlab.stacked import stack_key, train_stack
+from bnlab.tensors import Splits, load_dataset
 from bnlab.train import OPTIMIZERS, RunResult, train
 
 TOLERANCE = 1e-6
