@@ -73,7 +73,7 @@ class ClaimResult:
     command: str = ""  # the exact command that produced it
     seeds: list[int] = field(default_factory=list)
     runs: int = 0
-    wall_seconds: float | None = None  # of the command that produced it (resumed: its last invocation)
+    wall_seconds: float | None = None  # training its runs took, over every invocation (invocations.json)
 
 
 # --- reading results back ------------------------------------------------------------------------

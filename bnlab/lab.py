@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bnlab.claims import ClaimResult, analyze
-from bnlab.records import append_invocation, write_arms
+from bnlab.records import append_invocation, read_invocations, write_arms
 from bnlab.runner import git_commit
 from bnlab.spec import Sweep
 from bnlab.suites import Suite, load_suite, suite_path, suite_sweep
@@ -63,6 +63,7 @@ def test_claim(name: str, budget: str = "quick", overrides: Sequence[str] = (), 
                                        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
     write_arms(folder, members)
     command = shlex.join(["bnlab", "claim", "test", name, *overrides, "--budget", budget])
-    result = analyze(suite, sweep, folder, budget, command, wall_seconds)
+    training_seconds = sum(item.get("wall_seconds") or 0 for item in read_invocations(folder))
+    result = analyze(suite, sweep, folder, budget, command, training_seconds)
     markdown, html = write_report(build_report(folder, [result]), folder)
     return ClaimOutcome(result, sweep, state, folder, markdown, html, wall_seconds, suite.expected, suite)

@@ -449,7 +449,7 @@ def _claim_section(claim: ClaimResult) -> Section:
     rule += f", the claim says B {'>' if direction > 0 else '<'} A"
     ran = f"{claim.runs} runs over seeds {claim.seeds}" if claim.seeds else ""
     if ran and claim.wall_seconds is not None:
-        ran += f", {claim.wall_seconds / 60:.1f} min of wall time for the command below"
+        ran += f", {claim.wall_seconds / 60:.1f} min of wall time training them (every invocation, resumes included)"
     blocks: list[Block] = [Badge(claim.outcome), Text(f"Claim: “{claim.claim}”"), Text(claim.summary),
                            Text(f"Decision rule: {rule}. Design: {claim.design}; budget: {claim.budget}"
                                 + (f"; {ran}." if ran else "."))]
