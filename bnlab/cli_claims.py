@@ -1,4 +1,4 @@
-"""`bnlab claim list|test`: the built-in claim suites (configs/claims/)."""
+"""`bnlab claim list|test`: the built-in claim suites (bnlab/claim_suites/, shipped in the package)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The claim suite format: a base config, shared grid axes, named arms, budgets and a decision
-rule (configs/claims/<name>.yaml, docs/claims.md), and the sweep that a suite is.
+rule (bnlab/claim_suites/<name>.yaml, docs/claims.md), and the sweep that a suite is.
 
 Kept apart from the analysis (bnlab.claims) so that listing and loading suites needs neither
 scipy nor torch.
@@ -19,7 +19,7 @@ from bnlab.config import Config, apply_overrides, describe, read_yaml_mapping, s
 from bnlab.errors import ConfigError
 from bnlab.spec import Sweep
 
-CLAIMS_DIR = Path(__file__).resolve().parent.parent / "configs" / "claims"
+CLAIMS_DIR = Path(__file__).resolve().parent / "claim_suites"  # package data: in the wheel too
 
 
 class _Strict(BaseModel):

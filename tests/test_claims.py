@@ -91,8 +91,8 @@ def test_unknown_suite_and_budget_are_one_line(tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir())
 
 
-def test_claims_dir_is_the_shipped_configs() -> None:
-    assert CLAIMS_DIR == Path(__file__).resolve().parent.parent / "configs" / "claims"
+def test_claims_dir_is_package_data() -> None:
+    assert CLAIMS_DIR == Path(__file__).resolve().parent.parent / "bnlab" / "claim_suites"
 
 
 @pytest.mark.parametrize("name", SUITES)
