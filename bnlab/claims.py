@@ -70,6 +70,8 @@ class ClaimResult:
     tables: list[tuple[str, Any]] = field(default_factory=list)  # (title, pandas DataFrame): rates, windows
     deviations: list[str] = field(default_factory=list)  # where the suite departs from its design
     literature: str = ""  # what the literature expects, and whether this verdict disagrees
+    expected: str | None = None  # the suite's `expected`: what the literature leads us to expect
+    disagrees: bool = False  # the outcome contradicts `expected` (claims.disagrees)
     command: str = ""  # the exact command that produced it
     seeds: list[int] = field(default_factory=list)
     runs: int = 0
@@ -589,6 +591,7 @@ def analyze(suite: Suite, sweep: Sweep, folder: Path, budget: str, command: str,
     return ClaimResult(
         name=suite.name, claim=suite.claim, design=suite.design, budget=budget, outcome=outcome, summary=summary,
         rule=suite.rule.model_dump(), comparisons=comparisons, tables=tables, deviations=list(suite.deviations),
-        literature=_literature_note(suite, outcome), command=command, seeds=list(sweep.seeds),
+        literature=_literature_note(suite, outcome), expected=suite.expected,
+        disagrees=disagrees(suite.expected, outcome), command=command, seeds=list(sweep.seeds),
         runs=len(sweep.configs), wall_seconds=wall_seconds,
     )

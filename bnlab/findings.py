@@ -31,7 +31,7 @@ REQUIRED = {"suite", "claim", "outcome", "summary", "expected", "disagrees_with_
 def verdict_record(outcome: Any) -> dict[str, Any]:
     """What the README table and a reader need of one claim run: the verdict, how it was made, and
     every comparison with the per-seed values and run ids behind it (format 1, docs/claims.md)."""
-    from bnlab.claims import comparison_record, disagrees
+    from bnlab.claims import comparison_record
     from bnlab.records import finished_summary, read_invocations
 
     result, sweep = outcome.result, outcome.sweep
@@ -47,8 +47,8 @@ def verdict_record(outcome: Any) -> dict[str, Any]:
         "budget": result.budget,
         "outcome": result.outcome,
         "summary": result.summary,
-        "expected": outcome.expected,
-        "disagrees_with_literature": disagrees(outcome.expected, result.outcome),
+        "expected": result.expected,
+        "disagrees_with_literature": result.disagrees,
         "literature": outcome.suite.literature,
         "command": result.command,
         "seeds": list(sweep.seeds),

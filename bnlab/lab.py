@@ -27,7 +27,6 @@ class ClaimOutcome:
     report_md: Path
     report_html: Path
     wall_seconds: float
-    expected: str | None  # what the literature leads us to expect, from the suite
     suite: Suite
 
 
@@ -66,4 +65,4 @@ def test_claim(name: str, budget: str = "quick", overrides: Sequence[str] = (), 
     training_seconds = sum(item.get("wall_seconds") or 0 for item in read_invocations(folder))
     result = analyze(suite, sweep, folder, budget, command, training_seconds)
     markdown, html = write_report(build_report(folder, [result]), folder)
-    return ClaimOutcome(result, sweep, state, folder, markdown, html, wall_seconds, suite.expected, suite)
+    return ClaimOutcome(result, sweep, state, folder, markdown, html, wall_seconds, suite)

@@ -424,11 +424,6 @@ def _frame_table(title: str, frame: Any) -> Table:
                  [[cell(value) for value in row] for row in frame.itertuples(index=False)], title=title)
 
 
-def disagrees_with_literature(note: str) -> bool:
-    """claims.py opens a disagreeing note with "This verdict (...) DISAGREES with what the literature ..."."""
-    return bool(re.search(r"\bDISAGREES\b", note) or re.search(r"\bdisagrees with (what )?the literature", note, re.I))
-
-
 def _effect_format(rule: dict[str, Any]) -> tuple[str, Any]:
     """(column header, formatter) for B - A in the rule's unit; log-ratios are shown as ratios B / A."""
     unit, scale = str(rule.get("unit", "pp")), float(rule.get("scale", 100.0))
@@ -455,7 +450,7 @@ def _claim_section(claim: ClaimResult) -> Section:
                                 + (f"; {ran}." if ran else "."))]
     if claim.literature:
         blocks.append(Text(f"Literature: {claim.literature}",
-                           "disagree" if disagrees_with_literature(claim.literature) else "note"))
+                           "disagree" if claim.disagrees else "note"))
     if claim.comparisons:
         rows = []
         for c in claim.comparisons:

@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from bnlab.claims import ClaimResult, Comparison
 from bnlab.cli_report import report as report_command
 from bnlab.config import validate
-from bnlab.report import Report, Table, build_report, disagrees_with_literature, render_html, write_report
+from bnlab.report import Report, Table, build_report, render_html, write_report
 from bnlab.report_figures import heat_axes
 from bnlab.runner import run as run_one
 from bnlab.spec import load_sweep
@@ -83,6 +83,7 @@ def placement_claim(folder: Path) -> ClaimResult:
                        deviations=["2 seeds instead of 5 (smoke budget)"],
                        literature="This verdict (not supported) DISAGREES with what the literature leads us to "
                                   "expect (supported). Ioffe & Szegedy trained at 30x the learning rate with BN.",
+                       expected="supported", disagrees=True,
                        command=f"bnlab claim test placement --runs-dir {folder.parent}")
 
 
@@ -316,9 +317,6 @@ def test_heat_axes_prefer_batch_size_by_lr() -> None:
     assert heat_axes(["model.bn", "model.activation", "train.lr"]) == ("model.activation", "train.lr")
     assert heat_axes(["train.lr", "model.bn"]) == ("train.lr", "model.bn")
     assert heat_axes(["train.lr"]) is None
-    assert disagrees_with_literature("This verdict (supported) DISAGREES with what the literature leads us to expect")
-    assert disagrees_with_literature("this verdict disagrees with the literature")
-    assert not disagrees_with_literature("Group Norm's study shows BN degrading at batch 2-4, contrary to folklore.")
 
 
 # --- a real browser, offline ------------------------------------------------------------------
