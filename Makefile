@@ -22,8 +22,10 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check bnlab tests bench
 
+# Last, the wheel as a user installs it: built from a clean clone, installed in a throwaway venv.
 test: setup lint
 	$(BIN)/python -m pytest
+	bash .ci/wheel-check
 
 bench: setup
 	$(BIN)/python bench/run_speed.py
