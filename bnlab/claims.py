@@ -156,16 +156,21 @@ def _eval_metric(record: RunRecord, metric: str) -> float:
 def steps_to(record: RunRecord, target: float) -> float:
     """First logged step whose validation accuracy reaches `target`; censored at the run's last
     step (reported as such) when it never does; NaN for a run that did not train."""
+    return _first_reach(record, target)[0]
+
+
+def _first_reach(record: RunRecord, target: float) -> tuple[float, bool]:
+    """(steps_to, whether the target was reached at all), from one read of steps.csv."""
     from bnlab.records import read_metrics_csv
 
     if not record.trained:
-        return math.nan
+        return math.nan, False
     last = 0
     for row in read_metrics_csv(record.folder / "steps.csv"):
         last = int(row["step"])
         if row.get("val_acc") and float(row["val_acc"]) >= target:
-            return float(last)
-    return float(last)
+            return float(last), True
+    return float(last), False
 
 
 # --- analysis ------------------------------------------------------------------------------------
@@ -529,19 +534,12 @@ def runs_table(suite: Suite, sweep: Sweep, folder: Path, comparisons: Sequence[C
                "test_acc": run.final.get("test_acc")}
         for metric in sorted(metrics[member.arm] - {"val_acc", "test_acc", "forgiving"}):
             if metric == "steps":
-                steps = steps_to(run, target)
-                row |= {"steps": steps, "censored": run.trained and not _reached(run, target)}
+                steps, reached = _first_reach(run, target)
+                row |= {"steps": steps, "censored": run.trained and not reached}
             else:
                 row[metric] = metric_value(run, metric)
         rows.append(row)
     return rows
-
-
-def _reached(record: RunRecord, target: float) -> bool:
-    from bnlab.records import read_metrics_csv
-
-    return any(row.get("val_acc") and float(row["val_acc"]) >= target
-               for row in read_metrics_csv(record.folder / "steps.csv"))
 
 
 def comparison_record(c: Comparison, rule: Rule) -> dict[str, Any]:

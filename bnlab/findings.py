@@ -55,7 +55,7 @@ def verdict_record(outcome: Any) -> dict[str, Any]:
         "runs": len(sweep.configs),
         "runs_trained": sum(item.get("runs_trained") or 0 for item in invocations),
         "invocations": invocations,
-        "wall_seconds": round(sum(item.get("wall_seconds") or 0 for item in invocations), 1),
+        "wall_seconds": round(result.wall_seconds or 0, 1),  # every invocation's, summed by the workflow
         "git_commits": commits,
         "datasets": [json.loads(text) for text in sorted(datasets)],
         "comparisons": [comparison_record(c, outcome.suite.rule) for c in result.comparisons],

@@ -171,13 +171,9 @@ def read_summary(folder: Path) -> dict[str, Any]:
     """The summary of a finished run; RecordsError naming the file when it is missing or damaged."""
     path = folder / SUMMARY
     try:
-        summary = json.loads(path.read_text())
+        summary = _read_json(path)
     except FileNotFoundError:
         raise RecordsError(f"{path}: missing (the run did not finish)") from None
-    except OSError as err:
-        raise UnreadableRecord(f"{path}: cannot read: {err.strerror or err}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RecordsError(f"{path}: damaged: {err}") from None
     if not isinstance(summary, dict) or summary.get("status") not in FINISHED_STATUSES:
         raise RecordsError(f"{path}: damaged: no valid status")
     # Readers index into these: a garbage value must be a damaged record here, not a crash there.
@@ -189,6 +185,19 @@ def read_summary(folder: Path) -> dict[str, Any]:
     if not isinstance(summary.get("dataset") or {}, dict):
         raise RecordsError(f"{path}: damaged: dataset is not a mapping")
     return summary
+
+
+def _read_json(path: Path) -> Any:
+    """A record's JSON; FileNotFoundError passes through (each caller says what missing means),
+    other read failures are UnreadableRecord, bad content a damaged record, both naming the file."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise UnreadableRecord(f"{path}: cannot read: {err.strerror or err}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RecordsError(f"{path}: damaged: {err}") from None
 
 
 def run_status(summary: Mapping[str, Any]) -> str:
@@ -236,13 +245,9 @@ def append_invocation(folder: Path, invocation: Mapping[str, Any]) -> None:
 def read_invocations(folder: Path) -> list[dict[str, Any]]:
     path = folder / INVOCATIONS
     try:
-        found = json.loads(path.read_text())
+        found = _read_json(path)
     except FileNotFoundError:
         return []
-    except OSError as err:
-        raise UnreadableRecord(f"{path}: cannot read: {err.strerror or err}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RecordsError(f"{path}: damaged: {err}") from None
     if not isinstance(found, list) or not all(isinstance(item, dict) for item in found):
         raise RecordsError(f"{path}: damaged: not a list of invocations")
     return found
