@@ -19,8 +19,10 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/bnlab run configs/quickstart.yaml
 
+# ruff holds the style and who may import what (banned-api); import-linter holds the layers.
 lint: setup
 	$(BIN)/ruff check bnlab tests bench
+	$(BIN)/lint-imports
 
 # Last, the wheel as a user installs it: built from a clean clone, installed in a throwaway venv.
 test: setup lint

@@ -27,8 +27,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from conftest import write_dataset  # noqa: E402 - the tests' tiny IDX writer, not a copy of it
 
-from bnlab.spec import load_sweep  # noqa: E402
-from bnlab.sweep import SweepOptions, SweepState, run_sweep  # noqa: E402
+from bnlab.config.spec import load_sweep  # noqa: E402
+from bnlab.runs.sweep import SweepOptions, SweepState, run_sweep  # noqa: E402
 
 SEEDS_PER_LR = 30
 

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnlab.config import load_config
-from bnlab.tensors import Splits, load_dataset
-from bnlab.train import train
+from bnlab.data.tensors import Splits, load_dataset
+from bnlab.engine.train import train
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "mnist"

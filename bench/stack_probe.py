@@ -30,9 +30,9 @@ import torch
 from run_speed import reference_epoch
 
 from bnlab.config import Config, load_config
-from bnlab.stacked import train_stack
-from bnlab.tensors import Splits, load_dataset
-from bnlab.train import train
+from bnlab.data.tensors import Splits, load_dataset
+from bnlab.engine.stacked import train_stack
+from bnlab.engine.train import train
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "mnist"

@@ -28,10 +28,10 @@ import torch
 import yaml
 from run_speed import DEFAULT_DATA, bench_config, reference_epoch
 
+from bnlab.config.spec import load_sweep
+from bnlab.engine.train import matmul_gflops
 from bnlab.records import read_summary
-from bnlab.spec import load_sweep
-from bnlab.sweep import SweepOptions, plan_workers, run_sweep
-from bnlab.train import matmul_gflops
+from bnlab.runs.sweep import SweepOptions, plan_workers, run_sweep
 
 SEEDS = [0, 1, 2, 3, 4]
 LRS = [0.001, 0.002, 0.005, 0.01]
@@ -76,7 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.environ.get("BNLAB_DATA", str(DEFAULT_DATA)))
     args = parser.parse_args()
-    from bnlab.tensors import load_dataset
+    from bnlab.data.tensors import load_dataset
 
     splits = load_dataset(bench_config(args.data, 32).data, "cpu")
     n_models = len(SEEDS) * len(LRS)

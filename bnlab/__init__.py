@@ -5,15 +5,16 @@ Importing bnlab is cheap: torch, pandas and matplotlib load only when a function
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = version("bnlab")
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from bnlab.config import Config
-    from bnlab.runner import RunOutcome
+    from bnlab.runs.runner import RunOutcome
 
 
 def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -24,21 +25,21 @@ def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...]
 
 def run(config: Config, **kwargs: Any) -> RunOutcome:
     """Train one config and write its run folder (see bnlab.runner.run)."""
-    from bnlab.runner import run as _run
+    from bnlab.runs.runner import run as _run
 
     return _run(config, **kwargs)
 
 
 def sweep(spec: Path, overrides: list[str] | tuple[str, ...] = (), **kwargs: Any) -> Any:
     """Run a sweep spec file; resumable (see bnlab.sweep.run_sweep for the options)."""
-    from bnlab.spec import load_sweep
-    from bnlab.sweep import run_sweep
+    from bnlab.config.spec import load_sweep
+    from bnlab.runs.sweep import run_sweep
 
     return run_sweep(load_sweep(spec, overrides), **kwargs)
 
 
 def report(path: Path, out: Path | None = None) -> tuple[Path, Path]:
     """Write report.md and report.html for the runs under `path` (into `out`, default `path`)."""
-    from bnlab.report import build_report, write_report
+    from bnlab.analysis.report import build_report, write_report
 
     return write_report(build_report(path), out or path)

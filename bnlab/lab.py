@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnlab.claims import ClaimResult, analyze
+from bnlab.analysis.claims import ClaimResult, analyze
+from bnlab.analysis.suites import Suite, load_suite, suite_path, suite_sweep
+from bnlab.config.spec import Sweep
 from bnlab.records import append_invocation, read_invocations, write_arms
-from bnlab.runner import git_commit
-from bnlab.spec import Sweep
-from bnlab.suites import Suite, load_suite, suite_path, suite_sweep
-from bnlab.sweep import Event, SweepOptions, SweepState, run_sweep, sweep_folder
+from bnlab.runs.runner import git_commit
+from bnlab.runs.sweep import Event, SweepOptions, SweepState, run_sweep, sweep_folder
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,8 @@ def test_claim(name: str, budget: str = "quick", overrides: Sequence[str] = (), 
                options: SweepOptions | None = None, on_event: Event | None = None) -> ClaimOutcome:
     """Run suite `name` at `budget` as a sweep (resumable like any), judge it, write its report
     into the sweep folder."""
-    from bnlab.report import build_report, write_report
-    from bnlab.train import matmul_gflops
+    from bnlab.analysis.report import build_report, write_report
+    from bnlab.engine.train import matmul_gflops
 
     path = suite_path(name)
     suite = load_suite(path)

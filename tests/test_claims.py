@@ -16,13 +16,13 @@ import yaml
 from conftest import WAIT_SECONDS
 from typer.testing import CliRunner
 
-from bnlab.claims import RULES, Comparison, combine
+from bnlab.analysis.claims import RULES, Comparison, combine
+from bnlab.analysis.stats import Verdict, paired_comparison
+from bnlab.analysis.suites import CLAIMS_DIR, load_suite, suite_names, suite_path, suite_sweep
 from bnlab.cli import app
 from bnlab.config import cell_values
 from bnlab.errors import ConfigError
 from bnlab.records import read_config, read_summary
-from bnlab.stats import Verdict, paired_comparison
-from bnlab.suites import CLAIMS_DIR, load_suite, suite_names, suite_path, suite_sweep
 
 SUITES = suite_names()
 
@@ -98,7 +98,7 @@ def test_claims_dir_is_package_data() -> None:
 @pytest.mark.parametrize("name", SUITES)
 def test_quick_budget_trains_at_least_80_percent_stacked(name: str) -> None:
     """The plan (a function of the spec alone) is what the sweep trains, so it is checked without training."""
-    from bnlab.sweep import plan_groups
+    from bnlab.runs.sweep import plan_groups
 
     suite = load_suite(suite_path(name))
     sweep, _ = suite_sweep(suite, "quick", ["device=cpu"], "")
@@ -196,9 +196,9 @@ def test_two_arms_that_generate_one_run_are_refused(tmp_path: Path, tiny_mnist: 
 
 
 def _analyze(path: Path, tmp_path: Path) -> Any:
-    from bnlab.claims import analyze
+    from bnlab.analysis.claims import analyze
     from bnlab.records import write_arms
-    from bnlab.sweep import SweepOptions, run_sweep, sweep_folder
+    from bnlab.runs.sweep import SweepOptions, run_sweep, sweep_folder
 
     suite = load_suite(path)
     sweep, members = suite_sweep(suite, "smoke", [], "")
@@ -253,7 +253,7 @@ def test_the_outcome_table(outcomes: list[str], expected: str) -> None:
 
 
 def test_depends_names_where_the_claim_holds() -> None:
-    from bnlab.claims import _outcome_words
+    from bnlab.analysis.claims import _outcome_words
 
     primary = [_comparison("model.hidden=[100, 100, 100]", "not supported"),
                _comparison("model.hidden=[100]*8", "supported")]

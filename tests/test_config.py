@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from bnlab.cli import app
 from bnlab.config import Config, ConfigError, load_config
-from bnlab.train import OPTIMIZERS
+from bnlab.engine.train import OPTIMIZERS
 
 
 def test_defaults_need_no_file() -> None:

@@ -22,9 +22,11 @@ import torch
 from conftest import TINY_TEST, TINY_TRAIN, make_images, require, write_dataset, write_idx
 from typer.testing import CliRunner
 
-from bnlab import cli_data, data, tensors
+from bnlab import data
 from bnlab.cli import app
+from bnlab.cli import data as cli_data
 from bnlab.config import DataConfig
+from bnlab.data import tensors
 from bnlab.errors import DataError
 
 # CI has ../shared beside the clone; it holds verified copies of both datasets.
@@ -447,7 +449,7 @@ def test_cli_fetch_copies_nothing_when_root_holds_verified_files(real_mnist: Pat
 
 def test_cli_data_imports_no_heavy_modules() -> None:
     code = (
-        "import sys, bnlab.cli_data; "
+        "import sys, bnlab.cli.data; "
         "print(sorted(m for m in ('torch', 'numpy', 'platformdirs', 'bnlab.data') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

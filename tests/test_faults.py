@@ -37,12 +37,12 @@ from typer.testing import CliRunner
 
 from bnlab import faults
 from bnlab.cli import app
+from bnlab.config.spec import Sweep, load_sweep
 from bnlab.errors import RecordsError
-from bnlab.executors import Group, execute
 from bnlab.records import SUMMARY, finished_summary, validate_store
-from bnlab.runner import Trained, write_run
-from bnlab.spec import Sweep, load_sweep
-from bnlab.sweep import SweepOptions, plan_groups, run_sweep
+from bnlab.runs.executors import Group, execute
+from bnlab.runs.runner import Trained, write_run
+from bnlab.runs.sweep import SweepOptions, plan_groups, run_sweep
 
 # Every sweep here trains with the same workers and threads, so all give the same numbers (22).
 OPTIONS = SweepOptions(workers=1)  # one worker to spawn per sweep: most of a tiny sweep's cost

@@ -15,9 +15,9 @@ from conftest import WAIT_SECONDS, Holds
 from recheck import absolute_paths, recheck
 from typer.testing import CliRunner
 
+from bnlab.analysis.findings import TABLE_END, TABLE_START, read_findings, table_in, verdict_table
+from bnlab.analysis.suites import suite_names
 from bnlab.cli import app
-from bnlab.findings import TABLE_END, TABLE_START, read_findings, table_in, verdict_table
-from bnlab.suites import suite_names
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 
 from bnlab.cli import app
 from bnlab.config import MAX_CONFIG_BYTES, Config
+from bnlab.config.spec import load_sweep
 from bnlab.records import read_runs
-from bnlab.spec import load_sweep
-from bnlab.sweep import SweepOptions, run_sweep
+from bnlab.runs.sweep import SweepOptions, run_sweep
 
 BNLAB_SOURCE = Path(__file__).resolve().parent.parent / "bnlab"
 
@@ -119,10 +119,10 @@ def test_nothing_bnlab_loads_can_run_code() -> None:
     """Every deserializer call in bnlab/ is a safe one: YAML through the SafeLoader subclass,
     torch.load only with weights_only=True, never pickle or eval."""
     checked = 0
-    for source in sorted(BNLAB_SOURCE.glob("*.py")):
+    for source in sorted(BNLAB_SOURCE.rglob("*.py")):
         for name, call in _calls(ast.parse(source.read_text())):
             keywords = {kw.arg: kw.value for kw in call.keywords}
-            where = f"{source.name}:{call.lineno}: {name}"
+            where = f"{source.relative_to(BNLAB_SOURCE)}:{call.lineno}: {name}"
             assert name not in ("yaml.unsafe_load", "yaml.full_load", "yaml.load_all", "pickle.load",
                                 "pickle.loads", "marshal.loads", "np.load", "numpy.load"), where
             if name == "yaml.load":

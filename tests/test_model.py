@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from bnlab.config import ModelConfig
-from bnlab.model import ACTIVATIONS, build_model
+from bnlab.engine.model import ACTIVATIONS, build_model
 
 L, B, A, D = nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout
 
@@ -71,7 +71,7 @@ def test_dropout_only_in_the_last_block() -> None:
 
 
 def test_ghost_batch_norm_normalises_each_ghost_batch() -> None:
-    from bnlab.model import GhostBatchNorm1d
+    from bnlab.engine.model import GhostBatchNorm1d
 
     model = build_model(ModelConfig(hidden=[6], bn="before", ghost_batch=4), 5, 10, seed=0)
     ghost = model[1]

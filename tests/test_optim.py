@@ -1,4 +1,4 @@
-"""bnlab.optim against torch.optim: the same updates, bitwise, without importing torch._dynamo."""
+"""bnlab.engine.optim against torch.optim: the same updates, bitwise, without importing torch._dynamo."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from conftest import WAIT_SECONDS
 from torch import nn
 
 from bnlab.config import TrainConfig
-from bnlab.train import OPTIMIZERS
+from bnlab.engine.train import OPTIMIZERS
 
 CASES = [
     ("adam", {"lr": 0.01}),
@@ -57,7 +57,8 @@ def test_updates_are_bitwise_torch_optims(kind: str, settings: dict) -> None:
 
 def test_a_run_never_imports_torch_dynamo(tiny_config) -> None:
     """torch.optim would import it (seconds per worker process); a regression here is slow, not wrong."""
-    code = ("import sys; from pathlib import Path; from bnlab.config import load_config; from bnlab.runner import run; "
+    code = ("import sys; from pathlib import Path; from bnlab.config import load_config; "
+            "from bnlab.runs.runner import run; "
             f"run(load_config(Path({str(tiny_config)!r}), []), {str(tiny_config.parent / 'runs')!r}); "
             "print('torch._dynamo' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT_SECONDS)

@@ -10,8 +10,8 @@ import pytest
 from conftest import WAIT_SECONDS
 from test_sweep import masked, read_results, write_spec
 
-from bnlab.spec import load_sweep
-from bnlab.sweep import SweepOptions, run_sweep
+from bnlab.config.spec import load_sweep
+from bnlab.runs.sweep import SweepOptions, run_sweep
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'bnlab[ray]')")
 

@@ -24,15 +24,15 @@ from conftest import WAIT_SECONDS, require, write_dataset
 from test_sweep import write_spec
 from typer.testing import CliRunner
 
-from bnlab.claims import ClaimResult, Comparison
-from bnlab.cli_report import report as report_command
+from bnlab.analysis.claims import ClaimResult, Comparison
+from bnlab.analysis.figures import heat_axes
+from bnlab.analysis.report import Report, Table, build_report, render_html, write_report
+from bnlab.analysis.stats import paired_comparison, plain_words, verdict
+from bnlab.cli.report import report as report_command
 from bnlab.config import validate
-from bnlab.report import Report, Table, build_report, render_html, write_report
-from bnlab.report_figures import heat_axes
-from bnlab.runner import run as run_one
-from bnlab.spec import load_sweep
-from bnlab.stats import paired_comparison, plain_words, verdict
-from bnlab.sweep import SweepOptions, run_sweep
+from bnlab.config.spec import load_sweep
+from bnlab.runs.runner import run as run_one
+from bnlab.runs.sweep import SweepOptions, run_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HOSTILE = "<script>alert(1)<"  # a folder name cannot hold "/", so no closing tag; "<script" is the point
@@ -306,7 +306,7 @@ def test_registered_in_bnlab_cli(sweep: Path, tmp_path: Path) -> None:
 
 
 def test_importing_the_command_loads_nothing_heavy() -> None:
-    code = ("import sys, bnlab.cli_report; heavy = {'torch', 'pandas', 'matplotlib', 'scipy', 'numpy'}; "
+    code = ("import sys, bnlab.cli.report; heavy = {'torch', 'pandas', 'matplotlib', 'scipy', 'numpy'}; "
             "print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

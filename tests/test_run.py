@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 
 from bnlab.cli import app
 from bnlab.config import load_config
-from bnlab.model import build_model
+from bnlab.data.tensors import load_dataset
+from bnlab.engine.model import build_model
+from bnlab.engine.train import PROBE_UNITS, epoch_order, train
 from bnlab.records import read_summary
-from bnlab.runner import run
-from bnlab.tensors import load_dataset
-from bnlab.train import PROBE_UNITS, epoch_order, train
+from bnlab.runs.runner import run
 
 RUN_FILES = {"config.yaml", "epochs.csv", "steps.csv", "probes.csv", "evals.csv", "summary.json", "model.pt",
              "plots"}

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from bnlab.config import Config, load_config
-from bnlab.model import build_model
-from bnlab.stacked import stack_key, train_stack
-from bnlab.tensors import Splits, load_dataset
-from bnlab.train import OPTIMIZERS, RunResult, train
+from bnlab.data.tensors import Splits, load_dataset
+from bnlab.engine.model import build_model
+from bnlab.engine.stacked import stack_key, train_stack
+from bnlab.engine.train import OPTIMIZERS, RunResult, train
 
 TOLERANCE = 1e-6
 STEPS = 100  # 10 epochs of the tiny dataset at batch 32

@@ -1,4 +1,4 @@
-"""bnlab.stats against scipy (oracle), hand-computed small cases, every verdict branch and its sentence."""
+"""bnlab.analysis.stats against scipy (oracle), hand-computed small cases, every verdict branch and its sentence."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from bnlab.stats import (
+from bnlab.analysis.stats import (
     PROJECTION_POWER,
     Paired,
     paired_comparison,

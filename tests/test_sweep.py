@@ -16,9 +16,9 @@ from filelock import FileLock
 from typer.testing import CliRunner
 
 from bnlab.cli import app
+from bnlab.config.spec import load_sweep
 from bnlab.records import finished_summary, read_summary
-from bnlab.spec import load_sweep
-from bnlab.sweep import SweepOptions, plan_workers, run_sweep
+from bnlab.runs.sweep import SweepOptions, plan_workers, run_sweep
 
 # What a much faster machine looks like to a test that acts on a sweep mid-work: each of its runs
 # trains one step (BNLAB_TEST_INSTANT=1). Such a test holds the sweep at a known point first
@@ -305,8 +305,8 @@ def test_killed_worker_fails_only_its_own_run(tmp_path: Path, tiny_mnist: Path, 
 
 
 def test_workers_are_forked_only_where_that_is_safe(tmp_path: Path, tiny_mnist: Path) -> None:
-    from bnlab.executors import start_method
-    from bnlab.sweep import plan_groups
+    from bnlab.runs.executors import start_method
+    from bnlab.runs.sweep import plan_groups
 
     groups = plan_groups(load_sweep(write_spec(tmp_path, tiny_mnist)).configs, "auto", 10)
     assert start_method(groups, threads=1) == ("fork" if sys.platform.startswith("linux") else "spawn")

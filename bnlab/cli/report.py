@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from bnlab.cli_errors import user_errors
+from bnlab.cli._errors import user_errors
 
 
 def report(
@@ -27,7 +27,7 @@ def report(
 
     folder = path or runs_dir(None)
     with user_errors():
-        from bnlab.report import build_report, write_report
+        from bnlab.analysis.report import build_report, write_report
 
         built = build_report(folder)
         md_path, html_path = write_report(built, out or folder)

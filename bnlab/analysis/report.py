@@ -22,11 +22,11 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from bnlab import report_figures as figures
-from bnlab.claims import ClaimResult
+from bnlab.analysis import figures
+from bnlab.analysis.claims import ClaimResult
+from bnlab.analysis.stats import summarize
 from bnlab.errors import BnlabError, RecordsError
 from bnlab.records import CHANCE_LOSS, DID_NOT_TRAIN, atomic_write, read_finished, read_runs, run_status
-from bnlab.stats import summarize
 
 FIGURES_DIR = "report-figures"  # beside report.md: the Markdown file's images (the HTML inlines its own)
 _FINISHED = ("done", "diverged", "failed")

@@ -16,10 +16,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bnlab.config import Config, apply_overrides, describe, read_yaml_mapping, set_dotted
+from bnlab.config.spec import Sweep
 from bnlab.errors import ConfigError
-from bnlab.spec import Sweep
 
-CLAIMS_DIR = Path(__file__).resolve().parent / "claim_suites"  # package data: in the wheel too
+CLAIMS_DIR = Path(__file__).resolve().parents[1] / "claim_suites"  # package data: in the wheel too
 
 
 class _Strict(BaseModel):

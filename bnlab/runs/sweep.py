@@ -20,7 +20,7 @@ from typing import Any
 from bnlab import faults
 from bnlab.config import Config, cell_values, changed_fields, validate
 from bnlab.errors import BnlabError, ConfigError, RecordsError
-from bnlab.executors import Group, LocalExecutor, RayExecutor, import_ray
+from bnlab.runs.executors import Group, LocalExecutor, RayExecutor, import_ray
 from bnlab.records import (
     RESULT_METRICS,
     RESULTS,
@@ -32,7 +32,7 @@ from bnlab.records import (
     strict_json,
     write_file,
 )
-from bnlab.spec import Sweep
+from bnlab.config.spec import Sweep
 
 SWEEP_STATE = "sweep.json"
 DEFAULT_MAX_STACK = 10
@@ -95,7 +95,7 @@ def plan_groups(configs: Sequence[Config], stack: str, max_stack: int) -> list[G
         return [Group((cfg,), stacked=False) for cfg in ordered]
     if stack != "auto":
         raise ConfigError(f"--stack: {stack!r} is not allowed; allowed: auto, off")
-    from bnlab.stacked import stack_key
+    from bnlab.engine.stacked import stack_key
 
     buckets: dict[Any, list[Config]] = {}
     for cfg in ordered:
@@ -257,8 +257,8 @@ def run_sweep(sweep: Sweep, root: str | Path | None = None, options: SweepOption
     """Run every unfinished run of `sweep`; returns the final state. Raises Interrupted on
     SIGINT/SIGTERM after stopping workers (finished runs are kept)."""
     from bnlab.data import locate
-    from bnlab.runner import write_run
-    from bnlab.train import resolve_device
+    from bnlab.runs.runner import write_run
+    from bnlab.engine.train import resolve_device
 
     options = options or SweepOptions()
     notify = on_event or (lambda kind, state, payload: None)

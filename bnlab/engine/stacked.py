@@ -7,9 +7,9 @@ are (K, features, batch): a Linear is one batched matmul, BatchNorm is the nativ
 (1, K*features, batch), i.e. per member and unit over that member's own batch, and the logits
 (K, 10, batch) go straight into cross_entropy. No transposes, no copies per member.
 
-Per member, exactly as in its solo run (bnlab.train.train): initial weights (build_model with
+Per member, exactly as in its solo run (bnlab.engine.train.train): initial weights (build_model with
 its seed), batch order (epoch_order), dropout masks (its own generator on the solo stream), BN
-batch and running statistics, and updates: the solo engine's optimizer (bnlab.optim: torch's
+batch and running statistics, and updates: the solo engine's optimizer (bnlab.engine.optim: torch's
 fused and foreach kernels), over views of the members' slices, one param group per distinct (lr, weight
 decay, momentum). Hand-written per-member optimizer math on (K, 1, 1) hyperparameter tensors
 takes several passes over memory where the fused kernel takes one, and the optimizer is memory
@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnlab.config import Config, TrainConfig
-from bnlab.model import STREAM_DROPOUT, GhostBatchNorm1d, build_model, ghost_chunks, stream_seed
-from bnlab.tensors import Splits
-from bnlab.train import (
+from bnlab.data.tensors import Splits
+from bnlab.engine.model import STREAM_DROPOUT, GhostBatchNorm1d, build_model, ghost_chunks, stream_seed
+from bnlab.engine.train import (
     OPTIMIZERS,
     OnEvent,
     RunBook,

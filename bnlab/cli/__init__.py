@@ -7,16 +7,16 @@ Heavy libraries (torch, pandas, matplotlib, ray) are imported inside the command
 from __future__ import annotations
 
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from bnlab import __version__
-from bnlab.cli_claims import claim_app
-from bnlab.cli_data import data_app
-from bnlab.cli_errors import user_errors
-from bnlab.cli_report import report as report_command
+from bnlab.cli._errors import user_errors
+from bnlab.cli.claims import claim_app
+from bnlab.cli.data import data_app
+from bnlab.cli.report import report as report_command
 
 app = typer.Typer(
     help="Test claims about batch normalization instead of repeating them.",
@@ -41,7 +41,7 @@ RunsDir = Annotated[
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"bnlab {__version__}")
+        typer.echo(f"bnlab {version('bnlab')}")
         raise typer.Exit()
 
 
@@ -77,9 +77,9 @@ def run(
     """
     from rich.console import Console
 
+    from bnlab.cli.progress import LiveRunView, PlainRunView
     from bnlab.config import load_config
-    from bnlab.progress import LiveRunView, PlainRunView
-    from bnlab.runner import run as run_one
+    from bnlab.runs.runner import run as run_one
 
     console = Console()
     with user_errors():
@@ -120,9 +120,9 @@ def sweep(
     """Run a grid of configs; resumable: run the same command again to finish what is left."""
     from rich.console import Console
 
-    from bnlab.progress import SweepLiveView, SweepPlainView
-    from bnlab.spec import load_sweep
-    from bnlab.sweep import Interrupted, SweepOptions, describe_plan, run_sweep
+    from bnlab.cli.progress import SweepLiveView, SweepPlainView
+    from bnlab.config.spec import load_sweep
+    from bnlab.runs.sweep import Interrupted, SweepOptions, describe_plan, run_sweep
 
     console = Console()
     options = SweepOptions(executor=executor, workers=workers, address=address, stack=stack,
@@ -166,7 +166,7 @@ def list_runs(
     """List runs as a table: name, id, varied fields, status, final test accuracy, time."""
     from rich.console import Console
 
-    from bnlab.listing import runs_table
+    from bnlab.analysis.listing import runs_table
 
     with user_errors():
         table = runs_table(path or _default_runs(), where or [], sort)

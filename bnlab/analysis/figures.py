@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bnlab.stats import summarize
+from bnlab.analysis.stats import summarize
 
 if TYPE_CHECKING:
-    from bnlab.report import _Group, _Run
+    from bnlab.analysis.report import _Group, _Run
 
 DPI = 110
 WIDTH_INCHES = 10.0  # the report's ~1100 px column at DPI

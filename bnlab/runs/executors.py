@@ -36,7 +36,7 @@ class Group:
 
 
 def failed(group: Group, error: str, trace: str | None = None) -> list[Any]:
-    from bnlab.runner import Trained
+    from bnlab.runs.runner import Trained
 
     dataset = {"name": group.configs[0].data.dataset}
     return [Trained(cfg, None, b"", dataset, _engine(group), len(group.configs), error, trace)
@@ -57,9 +57,9 @@ def execute(group: Group, raw: Any = None) -> list[Any]:
     """Train one group; every exception becomes `failed` records, never a dead worker."""
     try:
         from bnlab.data import load_raw
-        from bnlab.runner import trained
-        from bnlab.tensors import to_splits
-        from bnlab.train import resolve_device, train
+        from bnlab.runs.runner import trained
+        from bnlab.data.tensors import to_splits
+        from bnlab.engine.train import resolve_device, train
 
         first = group.configs[0]
         device = resolve_device(first.device)
@@ -70,7 +70,7 @@ def execute(group: Group, raw: Any = None) -> list[Any]:
             _splits_cache[key] = to_splits(raw, first.data, device)
         splits = _splits_cache[key]
         if group.stacked:
-            from bnlab.stacked import train_stack
+            from bnlab.engine.stacked import train_stack
 
             results = train_stack(list(group.configs), splits)
         else:
@@ -92,7 +92,7 @@ def start_method(groups: Sequence[Group], threads: int) -> str:
     libgomp's pool does not survive fork). One-thread CPU children are torch's DataLoader workers' case."""
     if not sys.platform.startswith("linux") or threads != 1:
         return "spawn"
-    from bnlab.train import resolve_device
+    from bnlab.engine.train import resolve_device
 
     devices = {group.configs[0].device for group in groups}
     on_cpu = all(device == "cpu" or (device == "auto" and resolve_device(device).type == "cpu") for device in devices)

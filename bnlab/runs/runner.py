@@ -12,15 +12,15 @@ import functools
 import io
 import platform
 import subprocess
+from importlib.metadata import version
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-import bnlab
 from bnlab.config import Config
-from bnlab.plots import learning_curves_png
+from bnlab.runs._curves import learning_curves_png
 from bnlab.records import (
     ERROR,
     METRICS_CSVS,
@@ -30,8 +30,8 @@ from bnlab.records import (
     run_folder,
     runs_dir,
 )
-from bnlab.tensors import Splits, load_dataset
-from bnlab.train import OnEvent, RunResult, resolve_device, train
+from bnlab.data.tensors import Splits, load_dataset
+from bnlab.engine.train import OnEvent, RunResult, resolve_device, train
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def provenance(torch_threads: int) -> dict[str, Any]:
 
     return {
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "numpy": numpy.__version__, "bnlab": bnlab.__version__},
+                     "numpy": numpy.__version__, "bnlab": version("bnlab")},
         "git_commit": git_commit(),
         "torch_threads": torch_threads,
     }

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from bnlab.cli_errors import user_errors
+from bnlab.cli._errors import user_errors
 
 data_app = typer.Typer(help="Find, fetch and verify datasets.", no_args_is_help=True)
 

@@ -2,7 +2,7 @@
 
 The network is small, so what costs time is per-step overhead, not FLOPs: the dataset is one
 tensor on the device, batches are index slices of a seeded permutation, nothing syncs with the
-host between log steps, and the optimizer is torch's fused kernel (bnlab.optim).
+host between log steps, and the optimizer is torch's fused kernel (bnlab.engine.optim).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from torch import nn
 
 from bnlab import faults
 from bnlab.config import Config, TrainConfig
+from bnlab.data.tensors import Splits
+from bnlab.engine.model import STREAM_DATA_ORDER, STREAM_DROPOUT, build_model, generator, stream_seed
+from bnlab.engine.optim import ForeachSGD, FusedAdam
 from bnlab.errors import ConfigError
-from bnlab.model import STREAM_DATA_ORDER, STREAM_DROPOUT, build_model, generator, stream_seed
-from bnlab.optim import ForeachSGD, FusedAdam
-from bnlab.tensors import Splits
 
 Event = dict[str, Any]
 OnEvent = Callable[[Event], None]
@@ -207,7 +207,7 @@ class PreActivationProbe:
 
 
 def _activation_types() -> list[type[nn.Module]]:
-    from bnlab.model import ACTIVATIONS
+    from bnlab.engine.model import ACTIVATIONS
 
     return list(ACTIVATIONS.values())
 

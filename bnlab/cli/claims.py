@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bnlab.cli_errors import user_errors
+from bnlab.cli._errors import user_errors
 
 claim_app = typer.Typer(help="Test claims about BN with the built-in suites.", no_args_is_help=True)
 
@@ -15,7 +15,7 @@ claim_app = typer.Typer(help="Test claims about BN with the built-in suites.", n
 @claim_app.command("list")
 def list_claims() -> None:
     """The claim suites, with the claim each tests."""
-    from bnlab.suites import load_suite, suite_names, suite_path
+    from bnlab.analysis.suites import load_suite, suite_names, suite_path
 
     with user_errors():
         for name in suite_names():
@@ -41,9 +41,9 @@ def test_claim(
     """Run a claim suite as a sweep (resumable), judge it, and write its report."""
     from rich.console import Console
 
+    from bnlab.cli.progress import SweepLiveView, SweepPlainView
     from bnlab.lab import test_claim as run_claim
-    from bnlab.progress import SweepLiveView, SweepPlainView
-    from bnlab.sweep import Interrupted, SweepOptions
+    from bnlab.runs.sweep import Interrupted, SweepOptions
 
     if budget not in ("smoke", "quick", "full"):
         typer.echo(f"error: --budget: {budget!r} is not allowed; allowed: smoke, quick, full", err=True)
@@ -64,7 +64,7 @@ def test_claim(
     typer.echo(result.summary)
     typer.echo(f"report: {outcome.report_html}")
     if out is not None:
-        from bnlab.findings import write_findings
+        from bnlab.analysis.findings import write_findings
 
         with user_errors():
             typer.echo(f"findings: {write_findings(outcome, out)}")
@@ -79,7 +79,7 @@ def table(
     = Path("docs/findings"),
 ) -> None:
     """The verdict table (Markdown) of a findings folder, as the README shows it."""
-    from bnlab.findings import read_findings, verdict_table
+    from bnlab.analysis.findings import read_findings, verdict_table
 
     with user_errors():
         typer.echo(verdict_table(read_findings(folder), link_root=str(folder)))

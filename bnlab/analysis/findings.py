@@ -31,7 +31,7 @@ REQUIRED = {"suite", "claim", "outcome", "summary", "expected", "disagrees_with_
 def verdict_record(outcome: Any) -> dict[str, Any]:
     """What the README table and a reader need of one claim run: the verdict, how it was made, and
     every comparison with the per-seed values and run ids behind it (format 1, docs/claims.md)."""
-    from bnlab.claims import comparison_record
+    from bnlab.analysis.claims import comparison_record
     from bnlab.records import finished_summary, read_invocations
 
     result, sweep = outcome.result, outcome.sweep
@@ -76,9 +76,9 @@ def portable(text: str, sweep_folder: Path) -> str:
 def write_findings(outcome: Any, out_dir: Path) -> Path:
     """Copy the claim's report (Markdown, figures, HTML) into `out_dir` with verdict.json and
     runs.csv, every text without this machine's paths."""
-    from bnlab.claims import runs_table
+    from bnlab.analysis.claims import runs_table
+    from bnlab.analysis.report import FIGURES_DIR
     from bnlab.records import csv_bytes, strict_json
-    from bnlab.report import FIGURES_DIR
 
     if out_dir.resolve() == outcome.folder.resolve():
         raise RecordsError(f"--out {out_dir}: that is the sweep folder, which holds the report already; "

@@ -15,10 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bnlab.config import Config
-from bnlab.errors import ConfigError, RecordsError
-from bnlab.spec import Sweep
-from bnlab.stats import (
+from bnlab.analysis.stats import (
     PROJECTION_MAX_SEEDS,
     PROJECTION_POWER,
     Paired,
@@ -29,7 +26,10 @@ from bnlab.stats import (
     rate_comparison,
     verdict,
 )
-from bnlab.suites import Rule, Suite, cell_label
+from bnlab.analysis.suites import Rule, Suite, cell_label
+from bnlab.config import Config
+from bnlab.config.spec import Sweep
+from bnlab.errors import ConfigError, RecordsError
 
 OUTCOMES = ("supported", "not supported", "depends", "inconclusive")
 FORGIVING_TOLERANCE = 0.01  # a cell is forgiving when its validation accuracy is this close to the best
