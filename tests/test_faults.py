@@ -39,7 +39,7 @@ from bnlab import faults
 from bnlab.cli import app
 from bnlab.config.spec import Sweep, load_sweep
 from bnlab.errors import RecordsError
-from bnlab.records import SUMMARY, finished_summary, validate_store
+from bnlab.records import SUMMARY, finished_run, validate_store
 from bnlab.runs.executors import Group, execute
 from bnlab.runs.runner import Trained, write_run
 from bnlab.runs.sweep import SweepOptions, plan_groups, run_sweep
@@ -227,7 +227,7 @@ def test_a_sigkill_at_every_write_point_of_a_run_leaves_it_whole_or_visibly_unfi
         where = (point, n, run_writes.points[index][1])
         assert killed == signal.SIGKILL, where
         assert validate_store(folder.parent) == [], where
-        finished = finished_summary(folder) is not None
+        finished = finished_run(folder) is not None
         assert finished == _summary_in_place(run_writes.points, index), where
         if not finished:
             write_run(folder, run_writes.record)  # what a resumed sweep does with an unfinished run
@@ -251,8 +251,8 @@ def test_an_io_error_at_every_call_fails_the_write_cleanly(mode: str, run_writes
             ": Input/output error"), n
         assert validate_store(folder.parent) == [], n
         # An error at the point just after summary.json's rename finds the run already finished.
-        assert (finished_summary(folder) is not None) == _summary_in_place(run_writes.points, n - 1), n
-        if finished_summary(folder) is None:
+        assert (finished_run(folder) is not None) == _summary_in_place(run_writes.points, n - 1), n
+        if finished_run(folder) is None:
             write_run(folder, run_writes.record)  # the retry: a plain resume
         assert digest(folder) == digest(run_writes.folder), n
 
@@ -371,7 +371,7 @@ def test_random_sigkills_of_the_sweep_lose_nothing_and_redo_nothing(reference: R
         assert_no_processes_left(process.pid)
         assert validate_store(store) == [], attempt
         finished = {folder.name: (folder / SUMMARY).read_bytes() for folder in store.iterdir()
-                    if folder.is_dir() and finished_summary(folder) is not None}
+                    if folder.is_dir() and finished_run(folder) is not None}
         assert kept.items() <= finished.items(), attempt  # nothing lost, nothing finished twice
         kept = finished
         if process.returncode == 0:
@@ -446,7 +446,7 @@ def test_a_full_disk_while_writing_a_run_leaves_no_partial_file(run_writes: RunW
                             str(raised.value))
         assert validate_store(folder.parent) == []
         assert not Path(str(raised.value).split(":")[0]).exists()  # the file that did not fit
-        assert finished_summary(folder) is None
+        assert finished_run(folder) is None
         remount(disk, "size=2m")  # a bigger disk: the retry finishes
         write_run(folder, run_writes.record)
         assert digest(folder) == digest(run_writes.folder)

@@ -3,7 +3,7 @@ figure may leak into the next."""
 
 from __future__ import annotations
 
-from bnlab.runs._curves import learning_curves_png
+from bnlab.runs.curves import learning_curves_png
 
 EPOCHS = [{"epoch": e, "step": 100 * e, **{f"{s}_loss": 1.0 / e for s in ("train", "val", "test")},
            **{f"{s}_acc": 0.8 + e / 100 for s in ("train", "val", "test")}} for e in (1, 2, 3)]

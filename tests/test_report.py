@@ -24,9 +24,12 @@ from conftest import WAIT_SECONDS, require, write_dataset
 from test_sweep import write_spec
 from typer.testing import CliRunner
 
-from bnlab.analysis.claims import ClaimResult, Comparison
+from bnlab.analysis.claims import ClaimResult
+from bnlab.analysis.compare import Comparison
+from bnlab.analysis.document import Report, Table
 from bnlab.analysis.figures import heat_axes
-from bnlab.analysis.report import Report, Table, build_report, render_html, write_report
+from bnlab.analysis.render import render_html, write_report
+from bnlab.analysis.report import build_report
 from bnlab.analysis.stats import paired_comparison, plain_words, verdict
 from bnlab.cli.report import report as report_command
 from bnlab.config import validate

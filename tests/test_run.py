@@ -16,7 +16,8 @@ from bnlab.cli import app
 from bnlab.config import load_config
 from bnlab.data.tensors import load_dataset
 from bnlab.engine.model import build_model
-from bnlab.engine.train import PROBE_UNITS, epoch_order, train
+from bnlab.engine.probes import PROBE_UNITS
+from bnlab.engine.train import epoch_order, train
 from bnlab.records import read_summary
 from bnlab.runs.runner import run
 

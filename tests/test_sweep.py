@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from bnlab.cli import app
 from bnlab.config.spec import load_sweep
-from bnlab.records import finished_summary, read_summary
+from bnlab.records import finished_run, read_summary
 from bnlab.runs.sweep import SweepOptions, plan_workers, run_sweep
 
 # What a much faster machine looks like to a test that acts on a sweep mid-work: each of its runs
@@ -179,7 +179,7 @@ def test_failed_and_diverged_runs_are_recorded_and_the_sweep_goes_on(tmp_path: P
 
 
 def _finished(store: Path) -> set[str]:
-    return {folder.name for folder in store.iterdir() if folder.is_dir() and finished_summary(folder) is not None}
+    return {folder.name for folder in store.iterdir() if folder.is_dir() and finished_run(folder) is not None}
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path: Path, tiny_mnist: Path, holds: Holds) -> None:

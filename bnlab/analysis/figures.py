@@ -1,6 +1,6 @@
 """The report's figures: which runs to draw (from the report's cells) and the drawing, as PNG bytes.
 
-Reads a run's epochs.csv and probes.csv (the records contract), writes nothing. Figures are drawn
+Reads a run's epoch and probe tables through records' FinishedRun, writes nothing. Figures are drawn
 on a bare matplotlib Figure (the Agg canvas, no pyplot state), so a report never needs a display
 and two reports in one process share nothing. numpy/pandas/matplotlib are imported inside the
 functions: `bnlab --help` never loads this module, but ruff's lazy-import rule covers it too.
@@ -12,13 +12,11 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from bnlab.analysis.cells import Group
 from bnlab.analysis.stats import summarize
-
-if TYPE_CHECKING:
-    from bnlab.analysis.report import _Group, _Run
+from bnlab.records import DID_NOT_TRAIN, FinishedRun
 
 DPI = 110
 WIDTH_INCHES = 10.0  # the report's ~1100 px column at DPI
@@ -72,16 +70,6 @@ class ProbePanel:
     p85: Sequence[float]
 
 
-def read_table(folder: Path, name: str) -> Any:
-    """A run's CSV (epochs.csv, probes.csv) as a DataFrame, or None when missing or unreadable."""
-    import pandas as pd
-
-    try:
-        return pd.read_csv(folder / name)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
-        return None
-
-
 # --- what to draw ----------------------------------------------------------------------------------
 
 
@@ -95,7 +83,7 @@ def heat_axes(fields: list[str]) -> tuple[str, str] | None:
     return (fields[0], fields[1]) if len(fields) >= 2 else None
 
 
-def heatmap(group: _Group) -> Drawn | None:
+def heatmap(group: Group) -> Drawn | None:
     """Mean final test accuracy over two fields, one panel per value of the others (model.bn first)."""
     axes = heat_axes(group.fields)
     if axes is None:
@@ -107,7 +95,7 @@ def heatmap(group: _Group) -> Drawn | None:
     panels: dict[str, dict[tuple[str, str], HeatCell]] = {}
     for key, runs in group.cells.items():
         title = ", ".join(f"{group.fields[i]}={key[i]}" for i in rest) or "mean over seeds"
-        mean = summarize([run.final("test_acc") for run in runs])["mean"]
+        mean = summarize([run.final.get("test_acc") for run in runs])["mean"]
         cell = HeatCell(mean, len(runs), sum(run.status == "diverged" for run in runs))
         panels.setdefault(title, {})[(key[y_at], key[x_at])] = cell
     y_values = list(dict.fromkeys(key[y_at] for key in group.cells))
@@ -121,11 +109,14 @@ def heatmap(group: _Group) -> Drawn | None:
                  heatmap_png(shown, x_field, x_values, y_field, y_values), caption)
 
 
-def _epoch_band(runs: list[_Run], metric: str) -> tuple[list[float], list[float], list[float], list[float]] | None:
+Band = tuple[list[float], list[float], list[float], list[float]]  # epochs, mean, min, max over seeds
+
+
+def _epoch_band(runs: list[FinishedRun], metric: str) -> Band | None:
     per_epoch: dict[float, list[float]] = {}
     for run in runs:
-        table = read_table(run.path, "epochs.csv")
-        if table is None or metric not in table or "epoch" not in table:
+        table = run.frame("epochs")
+        if metric not in table or "epoch" not in table:
             continue
         for epoch, value in zip(table["epoch"], table[metric], strict=True):
             if isinstance(value, int | float) and math.isfinite(value):
@@ -137,7 +128,7 @@ def _epoch_band(runs: list[_Run], metric: str) -> tuple[list[float], list[float]
             [min(per_epoch[e]) for e in epochs], [max(per_epoch[e]) for e in epochs])
 
 
-def learning_curves(group: _Group) -> Drawn | None:
+def learning_curves(group: Group) -> Drawn | None:
     """Validation accuracy per epoch: a panel per model.bn value (or per value of the first field),
     a line per cell in it (mean over seeds) with a min-max band over seeds."""
     by = "model.bn" if "model.bn" in group.fields else group.fields[0] if len(group.fields) >= 2 else None
@@ -165,19 +156,21 @@ def learning_curves(group: _Group) -> Drawn | None:
     return Drawn("validation accuracy per epoch", png, caption)
 
 
-def activation_percentiles(group: _Group) -> Drawn | None:
+def activation_percentiles(group: Group) -> Drawn | None:
     """Per placement: its first cell's lowest-seed run (a done one if any), layer 1 and the last layer."""
-    picked: dict[str, tuple[tuple[str, ...], _Run]] = {}
+    picked: dict[str, tuple[tuple[str, ...], FinishedRun]] = {}
     for key, runs in group.cells.items():
-        placement = str(runs[0].config.get("model.bn"))
-        finished = [run for run in runs if run.status == "done"] or [run for run in runs if run.status != "failed"]
+        placement = str(runs[0].fields.get("model.bn"))
+        # A run that trained if any, else one that at least recorded probes (not a failed one).
+        finished = ([run for run in runs if run.status in ("done", DID_NOT_TRAIN)]
+                    or [run for run in runs if run.status != "failed"])
         if placement not in picked and finished:
-            picked[placement] = (key, min(finished, key=lambda run: run.config["seed"]))
+            picked[placement] = (key, min(finished, key=lambda run: run.fields["seed"]))
     columns: list[list[ProbePanel]] = []
     used = []
     for placement, (key, run) in picked.items():
-        table = read_table(run.path, "probes.csv")
-        if table is None or table.empty or not {"step", "layer", "unit", "p15", "p50", "p85"} <= set(table.columns):
+        table = run.frame("probes")
+        if table.empty or not {"step", "layer", "unit", "p15", "p50", "p85"} <= set(table.columns):
             continue
         layers = sorted(table["layer"].unique())
         column = []
@@ -188,7 +181,7 @@ def activation_percentiles(group: _Group) -> Drawn | None:
             column.append(ProbePanel(f"bn {placement}: layer {layer}, unit {unit}", list(part["step"]),
                                      list(part["p15"]), list(part["p50"]), list(part["p85"])))
         columns.append(column)
-        used.append(f"bn {placement}: run {run.run_id} ({group.cell_label(key)}, seed {run.config['seed']})")
+        used.append(f"bn {placement}: run {run.run_id} ({group.cell_label(key)}, seed {run.fields['seed']})")
     if not columns:
         return None
     blank = ProbePanel("", [], [], [], [])

@@ -13,8 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from bnlab._atomic import atomic_write
 from bnlab.errors import RecordsError
-from bnlab.records import atomic_write, json_bytes
+from bnlab.records import json_bytes
 
 VERDICT = "verdict.json"
 RUNS = "runs.csv"  # one row per (arm, run): what every per-seed value of verdict.json is recomputed from
@@ -32,12 +33,13 @@ def verdict_record(outcome: Any) -> dict[str, Any]:
     """What the README table and a reader need of one claim run: the verdict, how it was made, and
     every comparison with the per-seed values and run ids behind it (format 1, docs/claims.md)."""
     from bnlab.analysis.claims import comparison_record
-    from bnlab.records import finished_summary, read_invocations
+    from bnlab.records import finished_run, read_invocations
 
     result, sweep = outcome.result, outcome.sweep
-    summaries = [s for s in (finished_summary(outcome.folder / cfg.run_id()) for cfg in sweep.configs) if s]
-    commits = sorted({s.get("git_commit") or "unknown" for s in summaries})
-    datasets = {json.dumps(s.get("dataset") or {}, sort_keys=True) for s in summaries if s.get("status") != "failed"}
+    runs = [run for run in (finished_run(outcome.folder / cfg.run_id()) for cfg in sweep.configs) if run]
+    commits = sorted({run.summary.get("git_commit") or "unknown" for run in runs})
+    datasets = {json.dumps(run.summary.get("dataset") or {}, sort_keys=True): run.summary.get("dataset") or {}
+                for run in runs if run.status != "failed"}
     invocations = read_invocations(outcome.folder)
     return {
         "format": FORMAT,
@@ -57,7 +59,7 @@ def verdict_record(outcome: Any) -> dict[str, Any]:
         "invocations": invocations,
         "wall_seconds": round(result.wall_seconds or 0, 1),  # every invocation's, summed by the workflow
         "git_commits": commits,
-        "datasets": [json.loads(text) for text in sorted(datasets)],
+        "datasets": [datasets[key] for key in sorted(datasets)],
         "comparisons": [comparison_record(c, outcome.suite.rule) for c in result.comparisons],
     }
 
@@ -77,7 +79,7 @@ def write_findings(outcome: Any, out_dir: Path) -> Path:
     """Copy the claim's report (Markdown, figures, HTML) into `out_dir` with verdict.json and
     runs.csv, every text without this machine's paths."""
     from bnlab.analysis.claims import runs_table
-    from bnlab.analysis.report import FIGURES_DIR
+    from bnlab.analysis.render import FIGURES_DIR
     from bnlab.records import csv_bytes, strict_json
 
     if out_dir.resolve() == outcome.folder.resolve():

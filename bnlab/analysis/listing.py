@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,40 +40,22 @@ def varied_fields(frame: Any) -> list[str]:
     return [c for c in config_columns if readable[c].map(repr).nunique() > 1]
 
 
-def runs_table(path: Path, where: Sequence[str], sort: str | None) -> Any:
-    from rich.table import Table
-    from rich.text import Text
+@dataclass(frozen=True)
+class Listing:
+    """What `bnlab ls` shows: the runs (filtered, sorted) and the config fields that vary among
+    all of them (before filtering, so a filter keeps the same columns)."""
 
+    path: Path
+    frame: Any  # records.read_runs' frame
+    varied: list[str]
+
+
+def read_listing(path: Path, where: Sequence[str], sort: str | None) -> Listing:
     frame = read_runs(path)
     if frame.empty:
         raise ConfigError(f"{path}: no run folders here")
-    varied = [*varied_fields(frame)]
+    varied = varied_fields(frame)
     frame = filter_runs(frame, where)
     if sort:
         frame = frame.sort_values(_column(frame, sort, "--sort"), na_position="last", kind="stable")
-    # Text from configs and run folders is shown as it is, never parsed as rich markup.
-    table = Table(title=Text(f"{len(frame)} run(s) in {path}"))
-    damaged = "problem" in frame.columns and frame["problem"].notna().any()
-    for header in ("name", "id", *varied, "status", "test_acc", "seconds", *(["problem"] if damaged else [])):
-        table.add_column(header, justify="right" if header in ("test_acc", "seconds") else "left",
-                         overflow="fold")
-    styles = {"done": "green", "diverged": "yellow", "failed": "red", "damaged": "bold red", "unfinished": "dim"}
-    for row in frame.to_dict("records"):
-        test_acc = row.get("final.test_acc")
-        seconds = row.get("seconds")
-        cells = [_cell(row.get("name")), row["run_id"], *(_cell(row.get(field)) for field in varied)]
-        table.add_row(
-            *map(Text, cells), Text(row["status"], styles.get(row["status"], "")),
-            f"{100 * test_acc:.2f}%" if _is_number(test_acc) else "-",
-            f"{seconds:.1f}" if _is_number(seconds) else "-",
-            *([Text(_cell(row.get("problem")))] if damaged else []),
-        )
-    return table
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and value == value  # NaN from pandas means missing
-
-
-def _cell(value: Any) -> str:
-    return "-" if value is None or (isinstance(value, float) and value != value) else str(value)
+    return Listing(path, frame, varied)

@@ -1,21 +1,14 @@
-"""`bnlab report`: run folders read back through the records module, turned into spread over
-seeds, figures and claim verdicts, then into one Markdown file and one self-contained HTML file.
-
-build_report is pure analysis (runs in, a Report of sections out); render_markdown and
-render_html are pure text; write_report is the only function that writes. Every piece of text
-from configs and runs stays plain text in the Report; the HTML renderer escapes it in one place.
-"""
+"""`bnlab report`'s sections: run folders read back through records, turned into spread over
+seeds, figures, failures, commands and claim verdicts. Runs in, a document.Report out; it writes
+nothing (analysis.render renders and writes it)."""
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 import re
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,120 +16,36 @@ import pandas as pd
 import yaml
 
 from bnlab.analysis import figures
+from bnlab.analysis.cells import Group, group_runs, show
 from bnlab.analysis.claims import ClaimResult
+from bnlab.analysis.document import Badge, Block, Code, Figure, Items, Report, Section, Table, Text
 from bnlab.analysis.stats import summarize
+from bnlab.config import flatten
 from bnlab.errors import BnlabError, RecordsError
-from bnlab.records import CHANCE_LOSS, DID_NOT_TRAIN, atomic_write, read_finished, read_runs, run_status
-
-FIGURES_DIR = "report-figures"  # beside report.md: the Markdown file's images (the HTML inlines its own)
-_FINISHED = ("done", "diverged", "failed")
-
-
-# --- the report as data ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Text:
-    text: str  # plain text; `code spans` in backticks
-    kind: str = "p"  # p | note | warning | disagree
-
-
-@dataclass(frozen=True)
-class Badge:
-    outcome: str  # supported | not supported | depends | inconclusive (claims.OUTCOMES)
-    detail: str = ""
+from bnlab.records import (
+    CHANCE_LOSS,
+    CONFIG,
+    DID_NOT_TRAIN,
+    RUN_STATUSES,
+    FinishedRun,
+    SweepRecord,
+    read_finished,
+    read_runs,
+    read_sweep_record,
+    spec_path,
+)
 
 
-@dataclass(frozen=True)
-class Table:
-    columns: list[str]
-    rows: list[list[str | Badge]]
-    title: str = ""
-    align_numbers: bool = True  # right-align columns of numbers (not in key-value tables)
-
-
-@dataclass(frozen=True)
-class Figure:
-    slug: str  # file name stem under report-figures/
-    title: str
-    png: bytes
-    caption: str = ""
-
-
-@dataclass(frozen=True)
-class Code:
-    text: str
-
-
-@dataclass(frozen=True)
-class Items:
-    items: list[str]
-    title: str = ""
-
-
-Block = Text | Badge | Table | Figure | Code | Items
-
-
-@dataclass(frozen=True)
-class Section:
-    title: str
-    blocks: list[Block] = field(default_factory=list)
-
-    @property
-    def anchor(self) -> str:
-        return re.sub(r"[^a-z0-9]+", "-", self.title.lower()).strip("-")
-
-
-@dataclass(frozen=True)
-class Report:
-    title: str
-    source: str
-    warnings: list[str]  # shown as boxes above everything else
-    sections: list[Section]
-    runs: Any  # read_runs' frame
-    cells: Any  # one row per cell (per dataset): the numbers behind the per-cell tables
-
-    @property
-    def figures(self) -> list[Figure]:
-        return [block for section in self.sections for block in section.blocks if isinstance(block, Figure)]
-
-
-# --- reading runs back -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Run:
-    path: Path
-    run_id: str
-    status: str  # done | diverged | failed
-    config: dict[str, Any]  # dotted field -> value, exactly as the resolved config holds it
-    summary: dict[str, Any]
-
-    def final(self, metric: str) -> float | None:
-        return (self.summary.get("final") or {}).get(metric)
-
-    @property
-    def did_not_train(self) -> bool:
-        return run_status(self.summary) == DID_NOT_TRAIN
-
-
-def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        flat |= _flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value}
-    return flat
-
-
-def _sweep_state(folder: Path) -> dict[str, Any] | None:
-    """The sweep's resolved base and axes (sweep.json), or None for a folder that is not a sweep."""
+def _sweep_record(folder: Path) -> SweepRecord | None:
+    """The sweep's resolved base and axes, or None for a folder that is not a sweep (or whose
+    sweep.json is damaged: the report then shows the varied fields instead)."""
     try:
-        state = json.loads((folder / "sweep.json").read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
+        return read_sweep_record(folder)
+    except BnlabError:
         return None
-    return state if isinstance(state, dict) and isinstance(state.get("base"), dict) else None
 
 
-def _load(path: Path) -> tuple[Any, list[_Run], list[tuple[str, str]]]:
+def _load(path: Path) -> tuple[Any, list[FinishedRun], list[tuple[str, str]]]:
     """(frame, finished runs, damaged (path, problem)); unfinished runs stay in the frame only."""
     frame = read_runs(path)
     if frame.empty:
@@ -146,28 +55,15 @@ def _load(path: Path) -> tuple[Any, list[_Run], list[tuple[str, str]]]:
         folder = Path(row["path"])
         if row["status"] == "damaged":
             damaged.append((row["path"], str(row.get("problem") or "")))
-        elif row["status"] in _FINISHED:
+        elif row["status"] in RUN_STATUSES:
             try:  # re-read one by one: exact types (a frame with damaged rows turns ints into floats)
-                summary, config_model = read_finished(folder)
+                runs.append(read_finished(folder))
             except BnlabError as err:  # changed since read_runs looked
                 damaged.append((row["path"], str(err)))
-                continue
-            runs.append(_Run(folder, folder.name, summary["status"], _flatten(config_model.model_dump()), summary))
     return frame, runs, damaged
 
 
 # --- formatting ---------------------------------------------------------------------------------
-
-
-def _show(value: Any) -> str:
-    """A config value for tables and labels: 0.05, 1e+06, none, [16, 8]."""
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_show(item) for item in value) + "]"
-    return str(value)
 
 
 def _yaml_value(value: Any) -> str:
@@ -177,14 +73,6 @@ def _yaml_value(value: Any) -> str:
 
 def _override(name: str, value: Any) -> str:
     return shlex.quote(f"{name}={_yaml_value(value)}")
-
-
-def _sort_key(value: Any) -> tuple[int, Any]:
-    if value is None:
-        return (0, 0)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return (1, value)
-    return (2, _show(value))
 
 
 def _pct(value: float) -> str:
@@ -218,7 +106,7 @@ def _counted(values: Sequence[Any]) -> str:
     """'a (3 runs); b (1 run)' for provenance fields that should agree across runs."""
     counts: dict[str, int] = {}
     for value in values:
-        label = "unknown" if value is None else _show(value)
+        label = "unknown" if value is None else show(value)
         counts[label] = counts.get(label, 0) + 1
     if len(counts) == 1:
         return next(iter(counts))
@@ -228,46 +116,15 @@ def _counted(values: Sequence[Any]) -> str:
 # --- cells ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Group:
-    """The runs of one dataset (or all runs): the fields that vary among them, and the cells."""
-
-    label: str  # "" unless runs of several datasets are split
-    fields: list[str]  # varied config fields, seed excluded (it is the replicate)
-    cells: dict[tuple[str, ...], list[_Run]]  # in sorted order of the fields' values
-
-    def suffix(self) -> str:
-        return f" ({self.label})" if self.label else ""
-
-    def cell_label(self, key: tuple[str, ...], skip: str | None = None, short: bool = False) -> str:
-        """'train.lr=0.1, model.bn=after'; short: 'lr=0.1, bn=after' (for legends)."""
-        parts = [f"{name.rsplit('.', 1)[-1] if short else name}={value}"
-                 for name, value in zip(self.fields, key, strict=True) if name != skip]
-        return ", ".join(parts) or "all runs"
-
-
-def _group(runs: list[_Run], label: str, axes: Sequence[str]) -> _Group:
-    """Fields in the sweep's axis order, then in the config's; cells sorted by their values."""
-    columns = [*axes, *(name for run in runs for name in run.config)]
-    columns = [name for name in dict.fromkeys(columns) if name not in ("name", "seed")]
-    fields = [name for name in columns if len({_show(run.config.get(name)) for run in runs}) > 1]
-    ordered = sorted(runs, key=lambda run: ([_sort_key(run.config.get(name)) for name in fields], run.config["seed"]))
-    cells: dict[tuple[str, ...], list[_Run]] = {}
-    for run in ordered:
-        cells.setdefault(tuple(_show(run.config.get(name)) for name in fields), []).append(run)
-    return _Group(label, fields, cells)
-
-
-def _cell_frame(group: _Group) -> pd.DataFrame:
+def _cell_frame(group: Group) -> pd.DataFrame:
     rows = []
     for key, runs in group.cells.items():
-        row: dict[str, Any] = {"dataset": group.label or runs[0].config["data.dataset"],
+        row: dict[str, Any] = {"dataset": group.label or runs[0].fields["data.dataset"],
                                **dict(zip(group.fields, key, strict=True)), "runs": len(runs)}
         for metric in ("test_acc", "val_acc"):
-            s = summarize([run.final(metric) for run in runs])
+            s = summarize([run.final.get(metric) for run in runs])
             row |= {f"{metric}_{name}": value for name, value in s.items()}
-        row |= {status: sum(run.status == status for run in runs) for status in _FINISHED}
-        row["did_not_train"] = sum(run.did_not_train for run in runs)
+        row |= {status.replace("-", "_"): sum(run.status == status for run in runs) for status in RUN_STATUSES}
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -275,10 +132,10 @@ def _cell_frame(group: _Group) -> pd.DataFrame:
 # --- sections -----------------------------------------------------------------------------------
 
 
-def _provenance(path: Path, frame: Any, runs: list[_Run]) -> Section:
+def _provenance(path: Path, frame: Any, runs: list[FinishedRun]) -> Section:
     summaries = [run.summary for run in runs]
     statuses = frame["status"].value_counts().to_dict()
-    order = [*_FINISHED, "unfinished", "damaged"]
+    order = [*RUN_STATUSES, "unfinished", "damaged"]
     counted = ", ".join(f"{statuses[status]} {status}" for status in order if status in statuses)
     rows = [["source", str(path)], ["runs", f"{len(frame)} ({counted})"]]
     for name in ("bnlab", "torch", "python"):
@@ -295,26 +152,26 @@ def _provenance(path: Path, frame: Any, runs: list[_Run]) -> Section:
         rows.append(["dataset", f"{data.get('name')} ({data.get('source', 'source unknown')})"])
         rows += [[f"  sha256 {file}", digest] for file, digest in sorted(data["sha256"].items())]
     blocks: list[Block] = [Table(["field", "value"], rows, align_numbers=False)]
-    sweeps = sorted({run.path.parent for run in runs if (run.path.parent / "spec.yaml").exists()})
-    if sweeps:
+    specs = sorted({spec for spec in (spec_path(run.folder.parent) for run in runs) if spec is not None})
+    if specs:
         blocks.append(Text("Reproduce the whole sweep (finished runs in the target folder are skipped):"))
-        blocks.append(Code("\n".join(f"bnlab sweep {shlex.quote(str(folder / 'spec.yaml'))}" for folder in sweeps)))
+        blocks.append(Code("\n".join(f"bnlab sweep {shlex.quote(str(spec))}" for spec in specs)))
         blocks.append(Text("spec.yaml is the spec as it was given: a relative `base:` path in it resolves against "
                            "the folder the spec was in, and overrides given to `bnlab sweep` are not in it. "
                            "sweep.json holds the resolved base; the per-cell commands below need neither."))
     return Section("Provenance", blocks)
 
 
-def _number_cells(runs: list[_Run]) -> list[str]:
-    test = [run.final("test_acc") for run in runs]
+def _number_cells(runs: list[FinishedRun]) -> list[str]:
+    test = [run.final.get("test_acc") for run in runs]
     return [str(len(runs)), str(summarize(test)["n"]), *_stat_cells(test),
-            *_stat_cells([run.final("val_acc") for run in runs])]
+            *_stat_cells([run.final.get("val_acc") for run in runs])]
 
 
-def _results(group: _Group) -> list[Section]:
+def _results(group: Group) -> list[Section]:
     numbers = ["n", "test acc %", "test sd", "test 95% CI", "val acc %", "val sd", "val 95% CI"]
     sections = []
-    one_seed = all(sum(run.final("test_acc") is not None for run in runs) <= 1 for runs in group.cells.values())
+    one_seed = all(sum(run.final.get("test_acc") is not None for run in runs) <= 1 for runs in group.cells.values())
     seed_note = (Text("n=1: no confidence interval: every cell has at most one seed with a result, so there is no "
                       "spread over seeds to show. Run more seeds (`seeds: [0, 1, 2]`) before reading differences.",
                       "warning") if one_seed else
@@ -323,7 +180,7 @@ def _results(group: _Group) -> list[Section]:
     if group.fields:
         blocks: list[Block] = [Text("Each value of a field, pooled over the other fields' values and the seeds.")]
         for name in group.fields:
-            values: dict[str, list[_Run]] = {}
+            values: dict[str, list[FinishedRun]] = {}
             for key, runs in group.cells.items():
                 values.setdefault(key[group.fields.index(name)], []).extend(runs)
             rows = [[value, *_number_cells(runs)] for value, runs in values.items()]
@@ -342,13 +199,13 @@ def _results(group: _Group) -> list[Section]:
     return sections
 
 
-def _divergence(group: _Group) -> Section:
+def _divergence(group: Group) -> Section:
     """Counts per cell, for the cells where anything but a clean finish happened."""
     rows, totals = [], dict.fromkeys(("diverged", "failed", "did not train"), 0)
     for key, runs in group.cells.items():
         counts = {"diverged": sum(run.status == "diverged" for run in runs),
                   "failed": sum(run.status == "failed" for run in runs),
-                  "did not train": sum(run.did_not_train for run in runs)}
+                  "did not train": sum(run.status == DID_NOT_TRAIN for run in runs)}
         totals = {name: totals[name] + count for name, count in counts.items()}
         if any(counts.values()):
             rows.append([*key, str(len(runs)), *(str(count) for count in counts.values())])
@@ -362,25 +219,25 @@ def _divergence(group: _Group) -> Section:
     return Section("Divergence" + group.suffix(), blocks)
 
 
-def _commands(group: _Group) -> Section:
+def _commands(group: Group) -> Section:
     """Per cell: the sweep-base overrides and the exact command for one of its runs."""
-    states = {folder: _sweep_state(folder) for folder in {run.path.parent for runs in group.cells.values()
-                                                          for run in runs}}
+    states = {folder: _sweep_record(folder) for folder in {run.folder.parent for runs in group.cells.values()
+                                                           for run in runs}}
     rows = []
     for runs in group.cells.values():
         first = runs[0]
-        state = states[first.path.parent]
+        state = states[first.folder.parent]
         if state is not None:
-            base = _flatten(state["base"])
-            changed = [name for name, value in first.config.items()
-                       if name not in ("name", "seed") and _show(base.get(name)) != _show(value)]
+            base = flatten(state.base.model_dump())
+            changed = [name for name, value in first.fields.items()
+                       if name not in ("name", "seed") and show(base.get(name)) != show(value)]
             changed.sort(key=lambda name: group.fields.index(name) if name in group.fields else len(group.fields))
         else:
             changed = group.fields
-        overrides = " ".join(_override(name, first.config[name]) for name in changed)
-        seeds = ", ".join(str(run.config["seed"]) for run in runs)
+        overrides = " ".join(_override(name, first.fields[name]) for name in changed)
+        seeds = ", ".join(str(run.fields["seed"]) for run in runs)
         rows.append([f"`{overrides}`" if overrides else "(the base)", seeds,
-                     f"`bnlab run {shlex.quote(str(first.path / 'config.yaml'))}`"])
+                     f"`bnlab run {shlex.quote(str(first.folder / CONFIG))}`"])
     blocks: list[Block] = [
         Text("Overrides: how the cell differs from its sweep's base (sweep.json), as dotted `field=value`; "
              "`bnlab run BASE.yaml name=NAME <overrides> seed=N` trains one seed of it, where BASE.yaml holds that "
@@ -390,11 +247,11 @@ def _commands(group: _Group) -> Section:
     return Section("Commands per cell" + group.suffix(), blocks)
 
 
-def _failures(runs: list[_Run], frame: Any, damaged: list[tuple[str, str]]) -> list[Section]:
+def _failures(runs: list[FinishedRun], frame: Any, damaged: list[tuple[str, str]]) -> list[Section]:
     sections = []
     failed = [run for run in runs if run.status == "failed"]
     if failed:
-        rows = [[run.run_id, str(run.path), str(run.summary.get("error") or "(no error recorded)")] for run in failed]
+        rows = [[run.run_id, str(run.folder), str(run.summary.get("error") or "(no error recorded)")] for run in failed]
         sections.append(Section("Failed runs", [
             Text(f"{len(failed)} run(s) raised; error.txt in each folder holds the traceback. "
                  "`bnlab sweep SPEC --retry-failed` runs them again.", "warning"),
@@ -418,7 +275,7 @@ def _frame_table(title: str, frame: Any) -> Table:
     def cell(value: Any) -> str:
         if isinstance(value, float):
             return f"{value:.4g}" if math.isfinite(value) else "–"
-        return "–" if value is None else _show(value)
+        return "–" if value is None else show(value)
 
     return Table([str(column) for column in frame.columns],
                  [[cell(value) for value in row] for row in frame.itertuples(index=False)], title=title)
@@ -481,7 +338,7 @@ def build_report(path: Path, claims: Sequence[ClaimResult] = ()) -> Report:
     report. RecordsError "PATH: no runs here" when there is nothing to report on."""
     frame, runs, damaged = _load(path)
     warnings = []
-    datasets = sorted({run.config["data.dataset"] for run in runs})
+    datasets = sorted({run.fields["data.dataset"] for run in runs})
     if len(datasets) > 1:
         warnings.append(f"These runs mix datasets ({', '.join(datasets)}): their numbers are not comparable, so "
                         "every table and figure below is split by data.dataset.")
@@ -495,10 +352,10 @@ def build_report(path: Path, claims: Sequence[ClaimResult] = ()) -> Report:
     failed = sum(run.status == "failed" for run in runs)
     if failed:
         warnings.append(f"{failed} run(s) failed (see Failed runs).")
-    states = [_sweep_state(folder) for folder in sorted({run.path.parent for run in runs})]
-    axes = [name for state in states if state for name in state.get("axes", []) if isinstance(name, str)]
-    groups = ([_group([run for run in runs if run.config["data.dataset"] == name], name, axes) for name in datasets]
-              if len(datasets) > 1 else [_group(runs, "", axes)] if runs else [])
+    states = [_sweep_record(folder) for folder in sorted({run.folder.parent for run in runs})]
+    axes = [name for state in states if state for name in state.axes if isinstance(name, str)]
+    groups = ([group_runs([run for run in runs if run.fields["data.dataset"] == name], name, axes) for name in datasets]
+              if len(datasets) > 1 else [group_runs(runs, "", axes)] if runs else [])
     sections = [_claim_section(claim) for claim in claims]
     sections.append(_provenance(path, frame, runs))
     for group in groups:
@@ -513,188 +370,3 @@ def build_report(path: Path, claims: Sequence[ClaimResult] = ()) -> Report:
 
 
 # --- rendering ------------------------------------------------------------------------------------
-
-
-def _md_text(text: str) -> str:
-    """Markdown viewers render raw HTML: escape tags outside `code spans` (which show them literally)."""
-    parts = re.split(r"(`[^`]+`)", text)
-    return "".join(part if part.startswith("`") else part.replace("<", "&lt;").replace(">", "&gt;")
-                   for part in parts)
-
-
-def _md_badge(badge: Badge) -> str:
-    return f"**{badge.outcome}**" + (f" ({badge.detail})" if badge.detail else "")
-
-
-def _md_cell(value: str | Badge) -> str:
-    text = _md_badge(value) if isinstance(value, Badge) else _md_text(value)
-    return text.replace("|", "\\|").replace("\n", " ") or " "
-
-
-def _md_fence(text: str) -> str:
-    """A code fence longer than any run of backticks inside, so no text can close it early."""
-    return "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
-
-
-def render_markdown(report: Report) -> str:
-    out = [f"# {_md_text(report.title)}", ""]
-    out += [f"> **Warning:** {_md_text(warning)}\n" for warning in report.warnings]
-    for section in report.sections:
-        out += [f"## {_md_text(section.title)}", ""]
-        for block in section.blocks:
-            if isinstance(block, Text):
-                prefix = {"p": "", "note": "> ", "warning": "> **Note:** ", "disagree": "> **Disagrees with the "
-                          "literature.** "}[block.kind]
-                out += [prefix + _md_text(block.text), ""]
-            elif isinstance(block, Badge):
-                out += [f"Verdict: {_md_badge(block)}", ""]
-            elif isinstance(block, Table):
-                out += [f"**{_md_text(block.title)}**", ""] if block.title else []
-                out += ["| " + " | ".join(_md_cell(c) for c in block.columns) + " |",
-                        "|" + "---|" * len(block.columns)]
-                out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows] + [""]
-            elif isinstance(block, Figure):
-                out += [f"![{_md_text(block.title)}]({FIGURES_DIR}/{block.slug}.png)", "",
-                        f"*{_md_text(block.caption)}*" if block.caption else "", ""]
-            elif isinstance(block, Code):
-                out += [_md_fence(block.text), block.text, _md_fence(block.text), ""]
-            elif isinstance(block, Items):
-                out += [f"**{_md_text(block.title)}**", ""] if block.title else []
-                out += [f"- {_md_text(item)}" for item in block.items] + [""]
-            else:
-                raise TypeError(f"report block: unknown {type(block).__name__}")
-    return "\n".join(out).rstrip() + "\n"
-
-
-def _html_text(text: str) -> str:
-    escaped = html.escape(text)
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)  # backticks survive escaping; tags cannot
-
-
-def _badge_html(badge: Badge) -> str:
-    kind = re.sub(r"[^a-z]+", "-", badge.outcome.lower())
-    detail = f' <span class="detail">{html.escape(badge.detail)}</span>' if badge.detail else ""
-    return f'<span class="badge {kind}">{html.escape(badge.outcome)}</span>{detail}'
-
-
-_NUMERIC = re.compile(r"^([–+-]?[\d.]+(e[+-]?\d+)?[%x]?|\[.*\]|<0\.001|–|n=1: no CI|n<2: no CI|no result)$")
-
-
-_NUM = ' class="num"'
-
-
-def _numeric_columns(table: Table) -> list[bool]:
-    if not table.align_numbers:
-        return [False] * len(table.columns)
-    return [all(isinstance(row[i], str) and _NUMERIC.match(row[i]) for row in table.rows) and any(
-        isinstance(row[i], str) and re.search(r"\d", row[i]) for row in table.rows) for i in range(len(table.columns))]
-
-
-def _html_cell(value: str | Badge, numeric: bool) -> str:
-    if isinstance(value, Badge):
-        return f"<td>{_badge_html(value)}</td>"
-    kind = _NUM if numeric else ' class="long"' if len(value) > 40 else ""  # long text wraps, short never
-    return f"<td{kind}>{_html_text(value)}</td>"
-
-
-def _html_block(block: Block) -> str:
-    if isinstance(block, Text):
-        cls = "" if block.kind == "p" else f' class="callout {block.kind}"'
-        return f"<p{cls}>{_html_text(block.text)}</p>"
-    if isinstance(block, Badge):
-        return f'<p class="verdict">Verdict: {_badge_html(block)}</p>'
-    if isinstance(block, Table):
-        title = f"<h4>{html.escape(block.title)}</h4>" if block.title else ""
-        numeric = _numeric_columns(block)
-        head = "".join(f"<th{_NUM if num else ''}>{html.escape(c)}</th>"
-                       for c, num in zip(block.columns, numeric, strict=True))
-        body = "".join("<tr>" + "".join(_html_cell(c, num) for c, num in zip(row, numeric, strict=True)) + "</tr>"
-                       for row in block.rows)
-        head_row = f"<thead><tr>{head}</tr></thead>" if any(block.columns) else ""
-        return f'{title}<div class="table-wrap"><table>{head_row}<tbody>{body}</tbody></table></div>'
-    if isinstance(block, Figure):
-        data = base64.b64encode(block.png).decode("ascii")
-        caption = f"<figcaption>{html.escape(block.caption)}</figcaption>" if block.caption else ""
-        return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(block.title)}">'
-                f"{caption}</figure>")
-    if isinstance(block, Code):
-        return f"<pre><code>{html.escape(block.text)}</code></pre>"
-    if isinstance(block, Items):
-        title = f"<h4>{html.escape(block.title)}</h4>" if block.title else ""
-        return title + "<ul>" + "".join(f"<li>{_html_text(item)}</li>" for item in block.items) + "</ul>"
-    raise TypeError(f"report block: unknown {type(block).__name__}")
-
-
-_CSS = """
-:root{--fg:#1f2937;--muted:#6b7280;--line:#e5e7eb;--soft:#f9fafb}
-*{box-sizing:border-box}
-body{margin:0;background:#f3f4f6;color:var(--fg);font:15px/1.55 system-ui,-apple-system,"Segoe UI",Roboto,
-"Helvetica Neue",Arial,"Noto Sans","Liberation Sans",sans-serif;-webkit-font-smoothing:antialiased}
-main{max-width:1160px;margin:24px auto;background:#fff;padding:28px 40px 40px;border-radius:10px;
-box-shadow:0 1px 3px rgba(0,0,0,.08)}
-h1{font-size:26px;margin:0 0 2px;letter-spacing:-.01em}
-.source{color:var(--muted);margin:0 0 16px;word-break:break-all}
-h2{font-size:20px;margin:34px 0 10px;padding-bottom:6px;border-bottom:1px solid var(--line)}
-h4{font-size:14px;margin:18px 0 4px;color:#374151}
-code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,"Liberation Mono",monospace;font-size:12.5px}
-code{background:#f3f4f6;padding:1px 4px;border-radius:4px}
-pre{background:var(--soft);border:1px solid var(--line);border-radius:6px;padding:10px 12px;white-space:pre-wrap;
-word-break:break-all}
-pre code{background:none;padding:0}
-.table-wrap{overflow-x:auto;margin:6px 0 14px}
-table{border-collapse:collapse;font-size:13px;font-variant-numeric:tabular-nums}
-th,td{padding:4px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
-th{background:var(--soft);font-weight:600;white-space:nowrap;border-bottom:2px solid #d1d5db}
-tbody tr:nth-child(even){background:#fbfbfc}
-td{white-space:nowrap}
-td.long{white-space:normal;word-break:break-word;min-width:16em}
-td.num,th.num{text-align:right}
-.badge{display:inline-block;padding:1px 10px;border-radius:999px;font-size:12.5px;font-weight:600;border:1px solid}
-.badge.supported{background:#dcfce7;color:#166534;border-color:#86efac}
-.badge.not-supported{background:#f3f4f6;color:#374151;border-color:#d1d5db}
-.badge.inconclusive{background:#fef3c7;color:#92400e;border-color:#fcd34d}
-.badge.depends{background:#ede9fe;color:#5b21b6;border-color:#c4b5fd}
-.detail{color:var(--muted);font-size:12px}
-.verdict{font-size:16px;margin:6px 0}
-.callout{border-left:4px solid;padding:9px 14px;border-radius:6px;margin:10px 0}
-.callout.note{background:#eff6ff;border-color:#60a5fa}
-.callout.warning{background:#fffbeb;border-color:#f59e0b}
-.callout.disagree{background:#fef2f2;border-color:#ef4444;font-weight:600}
-figure{margin:10px 0 22px}
-figure img{max-width:100%;height:auto;border:1px solid var(--line);border-radius:6px}
-figcaption{color:var(--muted);font-size:13px;margin-top:4px}
-nav{display:flex;flex-wrap:wrap;gap:2px 16px;background:var(--soft);border:1px solid var(--line);
-border-radius:8px;padding:8px 16px;margin:14px 0;font-size:13.5px}
-nav a{color:#1d4ed8;text-decoration:none;white-space:nowrap}
-section.claim{border:1px solid var(--line);border-radius:8px;padding:0 18px 8px;margin:18px 0}
-section.claim h2{border:0}
-"""
-
-
-def render_html(report: Report) -> str:
-    """One self-contained page: inline CSS, images as data URIs, no script, nothing from the network."""
-    toc = "".join(f'<a href="#{s.anchor}">{html.escape(s.title)}</a>' for s in report.sections)
-    parts = [f"<h1>{html.escape(report.title)}</h1>", f'<p class="source">{html.escape(report.source)}</p>']
-    parts += [f'<p class="callout warning"><strong>Warning:</strong> {_html_text(w)}</p>' for w in report.warnings]
-    parts.append(f"<nav>{toc}</nav>")
-    for section in report.sections:
-        cls = ' class="claim"' if section.title.startswith("Claim: ") else ""
-        body = "".join(_html_block(block) for block in section.blocks)
-        parts.append(f'<section id="{section.anchor}"{cls}><h2>{html.escape(section.title)}</h2>{body}</section>')
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{html.escape(report.title)}</title><style>{_CSS}</style></head>"
-            f"<body><main>{''.join(parts)}</main></body></html>\n")
-
-
-def write_report(report: Report, out_dir: Path) -> tuple[Path, Path]:
-    """Write report.md (its figures under report-figures/) and the self-contained report.html."""
-    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
-    try:
-        for figure in report.figures:
-            atomic_write(out_dir / FIGURES_DIR / f"{figure.slug}.png", figure.png)
-        atomic_write(md_path, render_markdown(report).encode())
-        atomic_write(html_path, render_html(report).encode())
-    except OSError as err:
-        raise RecordsError(f"{out_dir}: cannot write the report: {err.strerror or err}") from None
-    return md_path, html_path

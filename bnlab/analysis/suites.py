@@ -8,31 +8,26 @@ scipy nor torch.
 from __future__ import annotations
 
 import copy
-import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from bnlab.config import Config, apply_overrides, describe, read_yaml_mapping, set_dotted
-from bnlab.config.spec import Sweep
+from bnlab.config import Config, Strict, apply_overrides, describe, read_yaml_mapping, set_dotted
+from bnlab.config.spec import Sweep, expand
 from bnlab.errors import ConfigError
 
 CLAIMS_DIR = Path(__file__).resolve().parents[1] / "claim_suites"  # package data: in the wheel too
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Budget(_Strict):
+class Budget(Strict):
     seeds: list[int] = Field(min_length=1)
     set: dict[str, Any] = Field(default_factory=dict)  # dotted field -> value, applied to the base
     grid: dict[str, list[Any]] = Field(default_factory=dict)  # replaces shared axes (e.g. fewer lrs)
 
 
-class Rule(_Strict):
+class Rule(Strict):
     name: Literal["paired_difference", "stable_lr", "steps_to_target", "forgiving_fraction"]
     metric: str = "test_acc"  # see metric_values
     margin: float = Field(gt=0)
@@ -43,7 +38,7 @@ class Rule(_Strict):
     ratio: float | None = None  # stable_lr: B's largest stable lr at least this many times A's
 
 
-class Suite(_Strict):
+class Suite(Strict):
     name: str
     claim: str
     design: str
@@ -124,27 +119,18 @@ def suite_sweep(suite: Suite, budget: str, overrides: Sequence[str],
     generated_by: dict[str, str] = {}  # run id -> the first arm that generated it
     members = []
     for arm_name, arm in suite.arms.items():
-        for cell in itertools.product(*grid.values()):
-            raw = copy.deepcopy(base_raw)
-            for dotted, value in [*arm_fields(arm).items(), *zip(grid, cell, strict=True)]:
-                set_dotted(raw, dotted.split("."), value)
-            cell_values = dict(zip(grid, cell, strict=True))
-            for seed in plan.seeds:
-                raw["seed"] = seed
-                try:
-                    cfg = Config.model_validate(raw)
-                except ValidationError as err:
-                    raise ConfigError(f"claim {suite.name}: arm {arm_name}: {describe(err)}") from None
-                run_id = cfg.run_id()
-                other = generated_by.setdefault(run_id, arm_name)
-                # Only arms declared as measurements of the same runs (equal fields, each its own
-                # `metric`) may share one; any other two arms generating one run is a design error.
-                if other != arm_name and arm_fields(suite.arms[other]) != arm_fields(arm):
-                    raise ConfigError(f"claim {suite.name}: arms {other} and {arm_name} generate the same run "
-                                      f"({cell_label(cell_values)}, seed {seed}); give them different fields, or make "
-                                      "them measurements of one run (equal fields, each its own metric)")
-                configs.setdefault(run_id, cfg)
-                members.append({"arm": arm_name, "cell": cell_values, "seed": seed, "run_id": run_id})
+        for cell, seed, cfg in expand(base_raw, grid, plan.seeds, f"claim {suite.name}: arm {arm_name}",
+                                      fixed=arm_fields(arm)):
+            run_id = cfg.run_id()
+            other = generated_by.setdefault(run_id, arm_name)
+            # Only arms declared as measurements of the same runs (equal fields, each its own
+            # `metric`) may share one; any other two arms generating one run is a design error.
+            if other != arm_name and arm_fields(suite.arms[other]) != arm_fields(arm):
+                raise ConfigError(f"claim {suite.name}: arms {other} and {arm_name} generate the same run "
+                                  f"({cell_label(cell)}, seed {seed}); give them different fields, or make "
+                                  "them measurements of one run (equal fields, each its own metric)")
+            configs.setdefault(run_id, cfg)
+            members.append({"arm": arm_name, "cell": cell, "seed": seed, "run_id": run_id})
     set_by_arms = sorted({dotted for arm in suite.arms.values() for dotted in arm_fields(arm)})
     axes = {dotted: list({repr(arm.get(dotted)): arm.get(dotted) for arm in suite.arms.values()}.values())
             for dotted in set_by_arms}

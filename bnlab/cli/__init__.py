@@ -140,10 +140,12 @@ def sweep(
             typer.echo(f"interrupted by {stop}: finished runs are kept; run the same command again to resume",
                        err=True)
             raise typer.Exit(code=128 + stop.signum) from None
+    from bnlab.records import RESULTS
+
     counts = state.counts
     typer.echo(f"sweep {plan.name}: {counts['done']} done, {counts['diverged']} diverged, {counts['failed']} failed "
                f"this time; {state.skipped} already finished; results in "
-               f"{Path(runs_dir or _default_runs()) / plan.name / 'results.csv'}")
+               f"{Path(runs_dir or _default_runs()) / plan.name / RESULTS}")
     for run_id, error in sorted(state.failures.items()):
         typer.echo(f"  failed {run_id}: {error}", err=True)
     if state.failures:
@@ -166,10 +168,11 @@ def list_runs(
     """List runs as a table: name, id, varied fields, status, final test accuracy, time."""
     from rich.console import Console
 
-    from bnlab.analysis.listing import runs_table
+    from bnlab.analysis.listing import read_listing
+    from bnlab.cli._tables import runs_table
 
     with user_errors():
-        table = runs_table(path or _default_runs(), where or [], sort)
+        table = runs_table(read_listing(path or _default_runs(), where or [], sort))
     console = Console()
     if not console.is_terminal:
         console.width = 240  # a pipe or a file: don't squeeze columns to 80
@@ -194,6 +197,7 @@ def show(run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/<name>
     from rich.console import Console
     from rich.table import Table
 
+    from bnlab.config import flatten
     from bnlab.records import read_summary
 
     with user_errors():
@@ -201,21 +205,9 @@ def show(run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/<name>
     table = Table(title=f"{summary.get('name')} {summary.get('run_id')}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
-    for key, value in _flatten(summary):
-        table.add_row(key, _fmt(value))
+    for key, value in flatten(summary).items():
+        table.add_row(key, _fmt(value)[:16] + "..." if ".sha256." in key else _fmt(value))
     Console().print(table)
-
-
-def _flatten(mapping: dict, prefix: str = "") -> list[tuple[str, object]]:
-    rows: list[tuple[str, object]] = []
-    for key, value in mapping.items():
-        if isinstance(value, dict) and key != "sha256":
-            rows += _flatten(value, f"{prefix}{key}.")
-        elif isinstance(value, dict):
-            rows += [(f"{prefix}{key}.{name}", digest[:16] + "...") for name, digest in value.items()]
-        else:
-            rows.append((prefix + key, value))
-    return rows
 
 
 def _fmt(value: object) -> str:

@@ -27,7 +27,8 @@ def report(
 
     folder = path or runs_dir(None)
     with user_errors():
-        from bnlab.analysis.report import build_report, write_report
+        from bnlab.analysis.render import write_report
+        from bnlab.analysis.report import build_report
 
         built = build_report(folder)
         md_path, html_path = write_report(built, out or folder)

@@ -10,16 +10,17 @@ import copy
 import itertools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from bnlab.config import (
     NAME_PATTERN,
     Config,
+    Strict,
     apply_overrides,
     check_dotted_path,
     describe,
@@ -31,9 +32,7 @@ from bnlab.config import (
 from bnlab.errors import ConfigError
 
 
-class SweepSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class SweepSpec(Strict):
     name: str | None = None  # the sweep folder's name; default: the spec file's stem
     base: str | dict[str, Any] = Field(default_factory=dict)  # a config file (relative to the spec) or inline
     grid: dict[str, list[Any]] = Field(default_factory=dict)
@@ -109,19 +108,33 @@ def load_sweep(path: Path, overrides: Sequence[str] = ()) -> Sweep:
         if len(set(keys)) != len(keys):
             raise ConfigError(f"{path}: grid.{field}: values repeat (got {values})")
 
-    configs = []
-    for cell in itertools.product(*spec.grid.values()):
-        cell_raw = copy.deepcopy(base_raw)
-        for field, value in zip(spec.grid, cell, strict=True):
-            set_dotted(cell_raw, field.split("."), value)
-        for seed in spec.seeds:
-            cell_raw["seed"] = seed
-            try:
-                configs.append(Config.model_validate(cell_raw))
-            except ValidationError as err:
-                where = ", ".join(f"{field}={value!r}" for field, value in zip(spec.grid, cell, strict=True))
-                raise ConfigError(f"{path}: grid cell {where or '(base)'} seed={seed}: {describe(err)}") from None
+    configs = [cfg for _cell, _seed, cfg in expand(base_raw, spec.grid, spec.seeds, str(path))]
     return Sweep(name=name, spec_text=path.read_text(), base=base, axes=dict(spec.grid),
                  seeds=list(spec.seeds), configs=configs)
 
+
+def grid_cells(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every cell of a grid, one {field: value} per combination, the first axis outermost; [{}]
+    for no axes. The one grid expansion: sweeps, claim suites and their strata all use it."""
+    return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+
+
+def expand(base_raw: Mapping[str, Any], axes: Mapping[str, Sequence[Any]], seeds: Sequence[int], source: str,
+           fixed: Mapping[str, Any] | None = None) -> list[tuple[dict[str, Any], int, Config]]:
+    """(cell, seed, config) for every cell of `axes` and every seed (innermost): `base_raw` with the
+    `fixed` fields, then the cell's, then the seed set, validated. ConfigError naming `source`,
+    the cell and the seed on the first invalid combination."""
+    runs = []
+    for cell in grid_cells(axes):
+        raw = copy.deepcopy(dict(base_raw))
+        for dotted, value in [*(fixed or {}).items(), *cell.items()]:
+            set_dotted(raw, dotted.split("."), value)
+        for seed in seeds:
+            raw["seed"] = seed
+            try:
+                runs.append((cell, seed, Config.model_validate(raw)))
+            except ValidationError as err:
+                where = ", ".join(f"{field}={value!r}" for field, value in cell.items())
+                raise ConfigError(f"{source}: grid cell {where or '(base)'} seed={seed}: {describe(err)}") from None
+    return runs
 

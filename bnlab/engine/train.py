@@ -1,4 +1,4 @@
-"""Device choice, the training loop, evaluation modes and instrumentation. Writes no files.
+"""The solo training loop, and the bookkeeping it shares with the stacked engine. Writes no files.
 
 The network is small, so what costs time is per-step overhead, not FLOPs: the dataset is one
 tensor on the device, batches are index slices of a seeded permutation, nothing syncs with the
@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,51 +20,14 @@ from torch import nn
 from bnlab import faults
 from bnlab.config import Config, TrainConfig
 from bnlab.data.tensors import Splits
+from bnlab.engine.evaluation import evaluate, final_evals
 from bnlab.engine.model import STREAM_DATA_ORDER, STREAM_DROPOUT, build_model, generator, stream_seed
 from bnlab.engine.optim import ForeachSGD, FusedAdam
+from bnlab.engine.probes import PROBE_POINTS, PROBE_SAMPLES, PreActivationProbe
 from bnlab.errors import ConfigError
 
 Event = dict[str, Any]
 OnEvent = Callable[[Event], None]
-
-PROBE_SAMPLES = 1000  # fixed training images whose pre-activations show the distribution drift
-PROBE_UNITS = 3  # units per hidden layer, spread across its width
-PROBE_PERCENTILES = (0.15, 0.50, 0.85)
-# Probe at most about this many log steps per run: a probe is a forward pass of PROBE_SAMPLES
-# images, and at every log step of a batch-32 run that was a fifth of all its arithmetic.
-PROBE_POINTS = 25
-EVAL_CHUNK = 5000  # running-statistics evaluation does not depend on batch size: use big chunks
-
-
-def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """This machine's float32 speed on the CPU: a size^3 matmul, timed after a warm-up. Findings
-    record it beside their wall times, so times from different machines can be compared."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; an explicit device must exist here."""
-    has_mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if has_mps else "cpu")
-    available = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (["mps"] if has_mps else [])
-    if name.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(name.partition(":")[2] or 0)
-        if index >= count:
-            what = "no CUDA device is available" if count == 0 else f"only {count} CUDA device(s)"
-            raise ConfigError(f"device: {name!r} requested but {what}; allowed here: {', '.join(available)}")
-    elif name == "mps" and not has_mps:
-        raise ConfigError(f"device: 'mps' requested but MPS is not available; allowed here: {', '.join(available)}")
-    return torch.device(name)
-
 
 OPTIMIZERS: dict[str, Callable[[Any, TrainConfig], Any]] = {
     "sgd": lambda params, cfg: ForeachSGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
@@ -111,110 +73,6 @@ class RunResult:
     device: str = "cpu"
     diverged_step: int | None = None
     state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-# --- evaluation ----------------------------------------------------------------------------------
-
-
-@contextmanager
-def batch_statistics(model: nn.Module) -> Iterator[None]:
-    """BN normalises with each batch's own statistics, dropout is off, running stats untouched."""
-    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
-    saved = [{name: buffer.clone() for name, buffer in norm.named_buffers()} for norm in norms]
-    model.eval()
-    for norm in norms:
-        norm.train()
-    try:
-        yield
-    finally:
-        for norm, buffers in zip(norms, saved, strict=True):
-            for name, value in buffers.items():
-                getattr(norm, name).copy_(value)
-        model.eval()
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str, batch_size: int) -> dict[str, float]:
-    """Loss and accuracy on (x, y). `running`: eval mode. `batch`: statistics of each batch of
-    `batch_size`; a trailing batch of one sample is left out (its variance is undefined)."""
-    if len(x) == 0:
-        return {"loss": math.nan, "acc": math.nan}
-    if mode == "running":
-        model.eval()
-        chunk = EVAL_CHUNK
-        context = _nothing()
-    elif mode == "batch":
-        chunk = batch_size
-        context = batch_statistics(model)
-    else:
-        raise ValueError(f"eval mode: unknown {mode!r}")
-    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
-    correct = torch.zeros((), device=x.device, dtype=torch.int64)
-    counted = 0
-    with context:
-        for start in range(0, len(x), chunk):
-            xb, yb = x[start : start + chunk], y[start : start + chunk]
-            if mode == "batch" and len(xb) < 2:
-                continue
-            logits = model(xb)
-            loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
-            correct += (logits.argmax(1) == yb).sum()
-            counted += len(xb)
-    return {"loss": loss_sum.item() / counted, "acc": correct.item() / counted}
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
-
-
-# --- probes --------------------------------------------------------------------------------------
-
-
-class PreActivationProbe:
-    """Percentiles of the input to each hidden nonlinearity, for a few fixed units, on a fixed
-    probe batch: Ioffe & Szegedy's Fig. 1 picture of internal covariate shift."""
-
-    def __init__(self, model: nn.Sequential, probe_x: torch.Tensor) -> None:
-        self.model = model
-        self.probe_x = probe_x
-        self.activations = [module for module in model if isinstance(module, tuple(_activation_types()))]
-        self.quantiles = torch.tensor(PROBE_PERCENTILES, device=probe_x.device)
-
-    @torch.no_grad()
-    def record(self, step: int) -> list[dict[str, Any]]:
-        captured: list[torch.Tensor] = []
-        handles = [
-            act.register_forward_pre_hook(lambda _module, inputs: captured.append(inputs[0]))
-            for act in self.activations
-        ]
-        try:
-            was_training = self.model.training
-            self.model.eval()
-            self.model(self.probe_x)
-            self.model.train(was_training)
-        finally:
-            for handle in handles:
-                handle.remove()
-        rows = []
-        for layer, pre_activation in enumerate(captured, start=1):  # (P, width)
-            units = _probe_units(pre_activation.shape[1])
-            values = torch.quantile(pre_activation[:, units].float(), self.quantiles, dim=0).cpu()  # (3, U)
-            for column, unit in enumerate(units):
-                p15, p50, p85 = (float(v) for v in values[:, column])
-                rows.append({"step": step, "layer": layer, "unit": unit, "p15": p15, "p50": p50, "p85": p85})
-        return rows
-
-
-def _activation_types() -> list[type[nn.Module]]:
-    from bnlab.engine.model import ACTIVATIONS
-
-    return list(ACTIVATIONS.values())
-
-
-def _probe_units(width: int) -> list[int]:
-    count = min(PROBE_UNITS, width)
-    return sorted({round(i * (width - 1) / max(count - 1, 1)) for i in range(count)})
 
 
 # --- bookkeeping shared by the solo and the stacked engine -------------------------------------
@@ -411,46 +269,3 @@ def train(cfg: Config, splits: Splits, on_event: OnEvent | None = None) -> RunRe
     return book.finish(step, timings)
 
 
-def final_evals(model: nn.Module, splits: Splits, cfg: Config, last_epoch: dict[str, Any]) -> list[dict[str, Any]]:
-    """Validation and test accuracy per evaluation mode (EvalConfig.bn_stats); batch statistics
-    at each eval batch size. Running statistics were just measured at the end of the last epoch:
-    reuse, don't recompute."""
-    rows = []
-    has_bn = cfg.model.bn != "none"
-    recalibrated = recalibrated_copy(model, splits.train_x, cfg.train.batch_size) \
-        if has_bn and "recalibrated" in cfg.eval.bn_stats else None
-    # Without BN every mode is the same network: record it once.
-    for mode in cfg.eval.bn_stats if has_bn else ["running"]:
-        for size in cfg.eval.batch_sizes if mode in ("batch", "sorted") else [None]:
-            for split, x, y in (("val", splits.val_x, splits.val_y), ("test", splits.test_x, splits.test_y)):
-                if mode == "running":
-                    metrics = {"loss": last_epoch[f"{split}_loss"], "acc": last_epoch[f"{split}_acc"]}
-                elif mode == "recalibrated":
-                    metrics = evaluate(recalibrated, x, y, "running", 0)
-                elif mode == "sorted":
-                    by_class = torch.argsort(y, stable=True)
-                    metrics = evaluate(model, x[by_class], y[by_class], "batch", size or 0)
-                else:
-                    metrics = evaluate(model, x, y, mode, size or 0)
-                rows.append({"split": split, "bn_stats": mode, "batch_size": size, **metrics})
-    return rows
-
-
-@torch.no_grad()
-def recalibrated_copy(model: nn.Module, train_x: torch.Tensor, batch_size: int) -> nn.Module:
-    """A copy whose BN statistics are re-estimated over one pass of the training set in batches
-    of the training batch size: the cumulative average of batch means and unbiased variances,
-    Ioffe & Szegedy's Alg. 2 (its m/(m-1) correction is BN's unbiased running variance)."""
-    import copy
-
-    copied = copy.deepcopy(model).eval()
-    for module in copied.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # None: a cumulative average rather than an exponential one
-            module.train()
-    for start in range(0, len(train_x) - 1, batch_size):
-        chunk = train_x[start : start + batch_size]
-        if len(chunk) >= 2:
-            copied(chunk)
-    return copied.eval()

@@ -59,7 +59,8 @@ def execute(group: Group, raw: Any = None) -> list[Any]:
         from bnlab.data import load_raw
         from bnlab.runs.runner import trained
         from bnlab.data.tensors import to_splits
-        from bnlab.engine.train import resolve_device, train
+        from bnlab.engine.device import resolve_device
+        from bnlab.engine.train import train
 
         first = group.configs[0]
         device = resolve_device(first.device)
@@ -92,7 +93,7 @@ def start_method(groups: Sequence[Group], threads: int) -> str:
     libgomp's pool does not survive fork). One-thread CPU children are torch's DataLoader workers' case."""
     if not sys.platform.startswith("linux") or threads != 1:
         return "spawn"
-    from bnlab.engine.train import resolve_device
+    from bnlab.engine.device import resolve_device
 
     devices = {group.configs[0].device for group in groups}
     on_cpu = all(device == "cpu" or (device == "auto" and resolve_device(device).type == "cpu") for device in devices)

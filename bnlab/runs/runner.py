@@ -20,18 +20,11 @@ from typing import Any
 import torch
 
 from bnlab.config import Config
-from bnlab.runs._curves import learning_curves_png
-from bnlab.records import (
-    ERROR,
-    METRICS_CSVS,
-    WEIGHTS,
-    RunFolder,
-    inspect_run,
-    run_folder,
-    runs_dir,
-)
+from bnlab.runs.curves import learning_curves_png
+from bnlab.records import RunFolder, inspect_run, run_folder, runs_dir
 from bnlab.data.tensors import Splits, load_dataset
-from bnlab.engine.train import OnEvent, RunResult, resolve_device, train
+from bnlab.engine.device import resolve_device
+from bnlab.engine.train import OnEvent, RunResult, train
 
 
 @dataclass(frozen=True)
@@ -136,12 +129,10 @@ def write_run(folder: Path, run: Trained) -> dict[str, Any]:
     records = RunFolder(folder)
     records.start(cfg)
     if result is None:
-        records.write_text(ERROR, run.traceback or run.error or "failed, with no message")
+        records.write_error(run.traceback or run.error or "failed, with no message")
     else:
-        for name, rows in zip(METRICS_CSVS, (result.epochs, result.steps, result.probes, result.evals), strict=True):
-            records.write_csv(name, rows)
-        records.write_bytes("plots/learning_curves.png", run.curves_png)
-        records.write_bytes(WEIGHTS, run.weights)
+        tables = {"epochs": result.epochs, "steps": result.steps, "probes": result.probes, "evals": result.evals}
+        records.write_outputs(tables, run.curves_png, run.weights)
     summary = build_summary(run)
     records.finish(summary)
     return summary
@@ -154,7 +145,7 @@ def run(cfg: Config, runs_root: str | Path | None = None, force: bool = False,
     folder = run_folder(runs_dir(runs_root), cfg)
     existing, damage = inspect_run(folder, cfg, force)
     if existing is not None and not force:
-        return RunOutcome(folder, existing, skipped=True)
+        return RunOutcome(folder, existing.summary, skipped=True)
     splits = load_dataset(cfg.data, device)
     summary = write_run(folder, trained(cfg, train(cfg, splits, on_event), splits))
     return RunOutcome(folder, summary, skipped=False, redid_damaged=damage)

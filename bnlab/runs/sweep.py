@@ -18,23 +18,23 @@ from pathlib import Path
 from typing import Any
 
 from bnlab import faults
-from bnlab.config import Config, cell_values, changed_fields, validate
-from bnlab.errors import BnlabError, ConfigError, RecordsError
-from bnlab.runs.executors import Group, LocalExecutor, RayExecutor, import_ray
-from bnlab.records import (
-    RESULT_METRICS,
-    RESULTS,
-    csv_bytes,
-    inspect_run,
-    json_bytes,
-    remove_temps,
-    runs_dir,
-    strict_json,
-    write_file,
-)
+from bnlab.config import Config, cell_values, changed_fields
 from bnlab.config.spec import Sweep
+from bnlab.errors import BnlabError, ConfigError, RecordsError
+from bnlab.records import (
+    LOCK,
+    LOCK_PID,
+    inspect_run,
+    read_sweep_record,
+    remove_temps,
+    result_row,
+    runs_dir,
+    write_file,
+    write_results,
+    write_sweep_start,
+)
+from bnlab.runs.executors import Group, LocalExecutor, RayExecutor, import_ray
 
-SWEEP_STATE = "sweep.json"
 DEFAULT_MAX_STACK = 10
 MIN_STACK = 4  # a bucket is split for parallelism only into stacks at least this big
 MIN_STACKS = 2
@@ -140,17 +140,10 @@ def sweep_folder(sweep: Sweep, root: str | Path | None) -> Path:
 def check_base_unchanged(folder: Path, sweep: Sweep) -> None:
     """Refuse a changed `base` for an existing sweep: its finished runs would no longer be
     comparable with the new ones. Grid axes (old or new) may change freely."""
-    import json
-
-    state_path = folder / SWEEP_STATE
-    if not state_path.exists():
+    record = read_sweep_record(folder)
+    if record is None:
         return
-    try:
-        state = json.loads(state_path.read_text())
-        old_base = validate(state["base"], str(state_path))
-        old_axes = set(state.get("axes", []))
-    except (ValueError, KeyError, TypeError, BnlabError):
-        raise ConfigError(f"{state_path}: damaged; move it away to treat the folder as a new sweep") from None
+    old_base, old_axes = record.base, set(record.axes)
     changed = [name for name in changed_fields(old_base, sweep.base)
                if name not in old_axes and name not in sweep.axes]
     if changed:
@@ -163,24 +156,6 @@ def check_base_unchanged(folder: Path, sweep: Sweep) -> None:
         )
 
 
-def result_row(summary: dict[str, Any], cfg: Config, sweep: Sweep) -> dict[str, Any]:
-    # As summary.json holds it (NaN as null), so a row is the same written fresh or on resume.
-    summary = strict_json(summary)
-    final = summary.get("final") or {}
-    return {
-        "run_id": cfg.run_id(),
-        **{f: v for f, v in cell_values(cfg, list(sweep.axes)).items()},
-        "seed": cfg.seed,
-        "status": summary.get("status"),
-        **{metric: final.get(metric) for metric in RESULT_METRICS},
-        "best_val_acc": (summary.get("best") or {}).get("val_acc"),
-        "seconds": (summary.get("timings") or {}).get("seconds_total"),
-        "engine": summary.get("engine"),
-        "stack_size": summary.get("stack_size"),
-        "error": summary.get("error"),
-    }
-
-
 class _Lock:
     """filelock's lock (an OS-level flock, so a SIGKILLed holder releases it), plus the pid of
     the holder for the message."""
@@ -189,8 +164,8 @@ class _Lock:
         from filelock import FileLock
 
         self.folder = folder
-        self.lock = FileLock(folder / ".lock")
-        self.pid_file = folder / ".lock.pid"
+        self.lock = FileLock(folder / LOCK)
+        self.pid_file = folder / LOCK_PID
 
     def __enter__(self) -> _Lock:
         from filelock import Timeout
@@ -243,8 +218,8 @@ def existing_runs(sweep: Sweep, folder: Path, options: SweepOptions) -> tuple[di
         summary, damage = inspect_run(folder / cfg.run_id(), cfg, options.force)
         if damage is not None:
             damaged[cfg.run_id()] = damage
-        if summary is not None and not (options.retry_failed and summary["status"] == "failed"):
-            finished[cfg.run_id()] = summary
+        if summary is not None and not (options.retry_failed and summary.status == "failed"):
+            finished[cfg.run_id()] = summary.summary
     return finished, damaged
 
 
@@ -257,8 +232,8 @@ def run_sweep(sweep: Sweep, root: str | Path | None = None, options: SweepOption
     """Run every unfinished run of `sweep`; returns the final state. Raises Interrupted on
     SIGINT/SIGTERM after stopping workers (finished runs are kept)."""
     from bnlab.data import locate
+    from bnlab.engine.device import resolve_device
     from bnlab.runs.runner import write_run
-    from bnlab.engine.train import resolve_device
 
     options = options or SweepOptions()
     notify = on_event or (lambda kind, state, payload: None)
@@ -300,10 +275,8 @@ def run_sweep(sweep: Sweep, root: str | Path | None = None, options: SweepOption
             # unmounted data.root) refuses the sweep before it writes, instead of failing each run.
             locate(data)
         remove_temps(folder)  # left by a killed sweep; under the lock no other writer is in flight
-        write_file(folder / "spec.yaml", sweep.spec_text.encode())
-        write_file(folder / SWEEP_STATE, json_bytes({"name": sweep.name, "base": sweep.base.model_dump(),
-                                                     "axes": list(sweep.axes), "seeds": sweep.seeds}))
-        _write_results(folder, rows)
+        write_sweep_start(folder, sweep)
+        write_results(folder, rows)
         emit("plan", state, {"groups": todo, "workers": workers, "threads": threads})
 
         def on_start(group: Group) -> None:
@@ -331,7 +304,7 @@ def run_sweep(sweep: Sweep, root: str | Path | None = None, options: SweepOption
                     state.seconds_per_run.append(record.result.timings["seconds_total"] / record.stack_size)
             # results.csv first: a sweep stopped at a "run" event (Ctrl-C in a progress redraw)
             # has already listed every run it announces.
-            _write_results(folder, rows)
+            write_results(folder, rows)
             for summary in recorded:
                 emit("run", state, summary)
 
@@ -343,11 +316,6 @@ def run_sweep(sweep: Sweep, root: str | Path | None = None, options: SweepOption
                 signal.signal(sig, handler)
     emit("end", state, None)
     return state
-
-
-def _write_results(folder: Path, rows: dict[str, dict[str, Any]]) -> None:
-    ordered = [rows[run_id] for run_id in sorted(rows)]
-    write_file(folder / RESULTS, csv_bytes(ordered) if ordered else b"run_id,status\n")
 
 
 def describe_plan(sweep: Sweep, root: str | Path | None, options: SweepOptions) -> str:

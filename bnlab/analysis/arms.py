@@ -1,0 +1,86 @@
+"""A claim sweep read back by arm: each (arm, grid cell, seed) with the finished run that serves
+it, as arms.csv records it, and the per-run values the decision rules compare."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bnlab.analysis.suites import cell_label
+from bnlab.config.spec import Sweep
+from bnlab.errors import RecordsError
+from bnlab.records import FinishedRun, arms_path, finished_run, read_arms
+
+
+@dataclass(frozen=True)
+class ArmRun:
+    """One (arm, grid cell, seed) of a claim sweep and the run that serves it, as arms.csv records
+    it: the analysis selects by this record, never by matching config fields."""
+
+    arm: str
+    cell: dict[str, Any]  # grid axis -> value
+    seed: int
+    run: FinishedRun
+
+    def at(self, where: dict[str, Any]) -> bool:
+        return all(self.cell.get(dotted) == value for dotted, value in where.items())
+
+
+def read_arm_runs(folder: Path, sweep: Sweep) -> list[ArmRun]:
+    """Every member of the claim sweep in `folder` with its finished run. RecordsError naming the
+    run when a member's run is not part of `sweep` or has not finished."""
+    run_ids = {cfg.run_id() for cfg in sweep.configs}
+    runs: dict[str, FinishedRun] = {}
+    members = []
+    for row in read_arms(folder):
+        run_id, where = row["run_id"], f"arm {row['arm']}, {cell_label(row['cell'])}, seed {row['seed']}"
+        if run_id not in run_ids:
+            raise RecordsError(f"{arms_path(folder)}: {where}: run {run_id} is not a run of this suite's sweep")
+        if run_id not in runs:
+            run = finished_run(folder / run_id)
+            if run is None:
+                raise RecordsError(f"{folder / run_id}: {where}: the run has not finished")
+            runs[run_id] = run
+        members.append(ArmRun(row["arm"], row["cell"], row["seed"], runs[run_id]))
+    return members
+
+
+def metric_value(run: FinishedRun, metric: str) -> float:
+    """A run's value of `metric`; NaN for a run that did not train (diverged, failed, or a final
+    train loss above chance). Such runs are counted as failures beside the comparison and their
+    seeds dropped from it, never scored as chance-level accuracy inside a t-test."""
+    if not run.trained:
+        return math.nan
+    if metric == "gap":  # generalization gap: train accuracy minus test accuracy
+        return run.final["train_acc"] - run.final["test_acc"]
+    if metric.startswith("eval:"):  # eval:<bn_stats>:<batch size or 'all'>, from evals.csv
+        return _eval_metric(run, metric)
+    return run.final.get(metric, math.nan)
+
+
+def _eval_metric(run: FinishedRun, metric: str) -> float:
+    _, mode, size = metric.split(":")
+    for row in run.table("evals"):
+        if row["split"] == "test" and row["bn_stats"] == mode and (row["batch_size"] or "all") == size:
+            return float(row["acc"])
+    return math.nan
+
+
+def steps_to(run: FinishedRun, target: float) -> float:
+    """First logged step whose validation accuracy reaches `target`; censored at the run's last
+    step (reported as such) when it never does; NaN for a run that did not train."""
+    return first_reach(run, target)[0]
+
+
+def first_reach(run: FinishedRun, target: float) -> tuple[float, bool]:
+    """(steps_to, whether the target was reached at all), from one read of steps.csv."""
+    if not run.trained:
+        return math.nan, False
+    last = 0
+    for row in run.table("steps"):
+        last = int(row["step"])
+        if row.get("val_acc") and float(row["val_acc"]) >= target:
+            return float(last), True
+    return float(last), False

@@ -1,0 +1,116 @@
+"""Evaluation modes of a trained network: BN's running statistics, each batch's own statistics
+(at several batch sizes, or class-sorted batches), and statistics recalibrated over the training
+set. Pure computation on tensors already on the device."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnlab.config import Config
+from bnlab.data.tensors import Splits
+
+EVAL_CHUNK = 5000  # running-statistics evaluation does not depend on batch size: use big chunks
+
+
+@contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """BN normalises with each batch's own statistics, dropout is off, running stats untouched."""
+    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    saved = [{name: buffer.clone() for name, buffer in norm.named_buffers()} for norm in norms]
+    model.eval()
+    for norm in norms:
+        norm.train()
+    try:
+        yield
+    finally:
+        for norm, buffers in zip(norms, saved, strict=True):
+            for name, value in buffers.items():
+                getattr(norm, name).copy_(value)
+        model.eval()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str, batch_size: int) -> dict[str, float]:
+    """Loss and accuracy on (x, y). `running`: eval mode. `batch`: statistics of each batch of
+    `batch_size`; a trailing batch of one sample is left out (its variance is undefined)."""
+    if len(x) == 0:
+        return {"loss": math.nan, "acc": math.nan}
+    if mode == "running":
+        model.eval()
+        chunk = EVAL_CHUNK
+        context = _nothing()
+    elif mode == "batch":
+        chunk = batch_size
+        context = batch_statistics(model)
+    else:
+        raise ValueError(f"eval mode: unknown {mode!r}")
+    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
+    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    counted = 0
+    with context:
+        for start in range(0, len(x), chunk):
+            xb, yb = x[start : start + chunk], y[start : start + chunk]
+            if mode == "batch" and len(xb) < 2:
+                continue
+            logits = model(xb)
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
+            correct += (logits.argmax(1) == yb).sum()
+            counted += len(xb)
+    return {"loss": loss_sum.item() / counted, "acc": correct.item() / counted}
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def final_evals(model: nn.Module, splits: Splits, cfg: Config, last_epoch: dict[str, Any]) -> list[dict[str, Any]]:
+    """Validation and test accuracy per evaluation mode (EvalConfig.bn_stats); batch statistics
+    at each eval batch size. Running statistics were just measured at the end of the last epoch:
+    reuse, don't recompute."""
+    rows = []
+    has_bn = cfg.model.bn != "none"
+    recalibrated = recalibrated_copy(model, splits.train_x, cfg.train.batch_size) \
+        if has_bn and "recalibrated" in cfg.eval.bn_stats else None
+    # Without BN every mode is the same network: record it once.
+    for mode in cfg.eval.bn_stats if has_bn else ["running"]:
+        for size in cfg.eval.batch_sizes if mode in ("batch", "sorted") else [None]:
+            for split, x, y in (("val", splits.val_x, splits.val_y), ("test", splits.test_x, splits.test_y)):
+                if mode == "running":
+                    metrics = {"loss": last_epoch[f"{split}_loss"], "acc": last_epoch[f"{split}_acc"]}
+                elif mode == "recalibrated":
+                    metrics = evaluate(recalibrated, x, y, "running", 0)
+                elif mode == "sorted":
+                    by_class = torch.argsort(y, stable=True)
+                    metrics = evaluate(model, x[by_class], y[by_class], "batch", size or 0)
+                else:
+                    metrics = evaluate(model, x, y, mode, size or 0)
+                rows.append({"split": split, "bn_stats": mode, "batch_size": size, **metrics})
+    return rows
+
+
+@torch.no_grad()
+def recalibrated_copy(model: nn.Module, train_x: torch.Tensor, batch_size: int) -> nn.Module:
+    """A copy whose BN statistics are re-estimated over one pass of the training set in batches
+    of the training batch size: the cumulative average of batch means and unbiased variances,
+    Ioffe & Szegedy's Alg. 2 (its m/(m-1) correction is BN's unbiased running variance)."""
+    import copy
+
+    copied = copy.deepcopy(model).eval()
+    for module in copied.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # None: a cumulative average rather than an exponential one
+            module.train()
+    for start in range(0, len(train_x) - 1, batch_size):
+        chunk = train_x[start : start + batch_size]
+        if len(chunk) >= 2:
+            copied(chunk)
+    return copied.eval()

@@ -1,0 +1,62 @@
+"""The pre-activation probe: percentiles of a few fixed units' input to each nonlinearity on a
+fixed batch of training images, over training (Ioffe & Szegedy 2015, Fig. 1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from bnlab.engine.model import ACTIVATIONS
+
+PROBE_SAMPLES = 1000  # fixed training images whose pre-activations show the distribution drift
+PROBE_UNITS = 3  # units per hidden layer, spread across its width
+PROBE_PERCENTILES = (0.15, 0.50, 0.85)
+# Probe at most about this many log steps per run: a probe is a forward pass of PROBE_SAMPLES
+# images, and at every log step of a batch-32 run that was a fifth of all its arithmetic.
+PROBE_POINTS = 25
+
+
+class PreActivationProbe:
+    """Percentiles of the input to each hidden nonlinearity, for a few fixed units, on a fixed
+    probe batch: Ioffe & Szegedy's Fig. 1 picture of internal covariate shift."""
+
+    def __init__(self, model: nn.Sequential, probe_x: torch.Tensor) -> None:
+        self.model = model
+        self.probe_x = probe_x
+        self.activations = [module for module in model if isinstance(module, tuple(_activation_types()))]
+        self.quantiles = torch.tensor(PROBE_PERCENTILES, device=probe_x.device)
+
+    @torch.no_grad()
+    def record(self, step: int) -> list[dict[str, Any]]:
+        captured: list[torch.Tensor] = []
+        handles = [
+            act.register_forward_pre_hook(lambda _module, inputs: captured.append(inputs[0]))
+            for act in self.activations
+        ]
+        try:
+            was_training = self.model.training
+            self.model.eval()
+            self.model(self.probe_x)
+            self.model.train(was_training)
+        finally:
+            for handle in handles:
+                handle.remove()
+        rows = []
+        for layer, pre_activation in enumerate(captured, start=1):  # (P, width)
+            units = _probe_units(pre_activation.shape[1])
+            values = torch.quantile(pre_activation[:, units].float(), self.quantiles, dim=0).cpu()  # (3, U)
+            for column, unit in enumerate(units):
+                p15, p50, p85 = (float(v) for v in values[:, column])
+                rows.append({"step": step, "layer": layer, "unit": unit, "p15": p15, "p50": p50, "p85": p85})
+        return rows
+
+
+def _activation_types() -> list[type[nn.Module]]:
+    return list(ACTIVATIONS.values())
+
+
+def _probe_units(width: int) -> list[int]:
+    count = min(PROBE_UNITS, width)
+    return sorted({round(i * (width - 1) / max(count - 1, 1)) for i in range(count)})
