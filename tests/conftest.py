@@ -3,11 +3,13 @@ and real training steps run on CPU in seconds."""
 
 from __future__ import annotations
 
+import csv
 import gzip
 import os
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -168,3 +170,62 @@ def holds() -> Iterator[Holds]:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(HOLDS, ignore_errors=True)
+
+
+# --- sweeps --------------------------------------------------------------------------------------
+
+# What a much faster machine looks like to a test that acts on a sweep mid-work: each of its runs
+# trains one step (BNLAB_TEST_INSTANT=1). Such a test holds the sweep at a known point first
+# (conftest.Holds), so it passes however fast or slow the runs train.
+INSTANT = os.environ.get("BNLAB_TEST_INSTANT", "") not in ("", "0")
+
+
+def write_spec(folder: Path, data_root: Path | None, *, name: str = "grid", lrs: str = "[0.01, 0.05]",
+               seeds: str = "[0, 1]", epochs: int = 2, extra_grid: str = "", base_extra: str = "",
+               racing: bool = False) -> Path:
+    """A small grid on the tiny dataset; `data_root` None reads it from bnlab's cache ($BNLAB_CACHE).
+    `racing`: the spec of a test that acts on the sweep while it runs (see INSTANT)."""
+    spec = folder / f"{name}.yaml"
+    root = f"root: '{data_root}', " if data_root else ""
+    length = "steps: 1" if racing and INSTANT else f"epochs: {epochs}"
+    spec.write_text(f"""\
+name: {name}
+base:
+  device: cpu
+  data: {{{root}val_size: 100, verify: false}}
+  model: {{hidden: [16]{base_extra}}}
+  train: {{{length}, batch_size: 32, log_every: 5}}
+grid:
+  train.lr: {lrs}
+  model.bn: [none, after]
+{extra_grid}seeds: {seeds}
+""")
+    return spec
+
+
+def read_results(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def masked(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """results.csv without the volatile columns."""
+    return sorted(({k: v for k, v in row.items() if k not in ("seconds",)} for row in rows),
+                  key=lambda row: row["run_id"])
+
+
+def sweep_command(spec: Path, runs: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "bnlab", "sweep", str(spec), "--runs-dir", str(runs), *extra]
+
+
+def assert_no_processes_left(session: int) -> None:
+    # A wait bounded by a deadline: multiprocessing's resource tracker may take a moment to see its
+    # pipe close. Every process of the session must be gone before it ends.
+    deadline = time.monotonic() + 60
+    while (left := session_members(session)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == []
+
+
+def session_members(session: int) -> list[str]:
+    return subprocess.run(["pgrep", "-s", str(session)], capture_output=True, text=True).stdout.split()

@@ -52,6 +52,19 @@ def test_the_rules_see_every_module() -> None:
     assert len(names) > 40
 
 
+def test_no_import_cycle() -> None:
+    """Between any two modules, not only across wings (import-linter's layers see only those), and
+    counting imports inside functions and under TYPE_CHECKING. The tree before the wings had six:
+    bnlab <-> runner, report <-> report_figures, runner <-> sweep, among them."""
+    import grimp
+
+    graph = grimp.build_graph("bnlab")
+    cycles = [(importer, imported) for importer in sorted(graph.modules)
+              for imported in sorted(graph.find_modules_directly_imported_by(importer))
+              if imported != importer and graph.chain_exists(importer=imported, imported=importer)]
+    assert len(graph.modules) > 40 and cycles == []
+
+
 @pytest.mark.parametrize("path", _sources("bnlab", "tests", "bench"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_module_takes_another_modules_private_name(path: Path) -> None:
     """`_name` stays in its module, and a support module (`_module`) is imported only from inside its

@@ -38,8 +38,7 @@ def verdict_record(outcome: Any) -> dict[str, Any]:
     result, sweep = outcome.result, outcome.sweep
     runs = [run for run in (finished_run(outcome.folder / cfg.run_id()) for cfg in sweep.configs) if run]
     commits = sorted({run.summary.get("git_commit") or "unknown" for run in runs})
-    datasets = {json.dumps(run.summary.get("dataset") or {}, sort_keys=True): run.summary.get("dataset") or {}
-                for run in runs if run.status != "failed"}
+    datasets = {json.dumps(run.summary.get("dataset") or {}, sort_keys=True) for run in runs if run.status != "failed"}
     invocations = read_invocations(outcome.folder)
     return {
         "format": FORMAT,
@@ -59,7 +58,7 @@ def verdict_record(outcome: Any) -> dict[str, Any]:
         "invocations": invocations,
         "wall_seconds": round(result.wall_seconds or 0, 1),  # every invocation's, summed by the workflow
         "git_commits": commits,
-        "datasets": [datasets[key] for key in sorted(datasets)],
+        "datasets": [json.loads(text) for text in sorted(datasets)],
         "comparisons": [comparison_record(c, outcome.suite.rule) for c in result.comparisons],
     }
 

@@ -5,7 +5,7 @@ wrapped by torch._disable_dynamo): 2.5 s per process measured on a 2-core machin
 with the other core busy, more than a one-epoch sweep worker spends on a whole stack's
 bookkeeping. These classes make the calls torch.optim.Adam(fused=True), AdamW(fused=True) and
 SGD(foreach=True) make, with the same arguments and the same state, so each update is bitwise
-torch.optim's (tests/test_optim.py checks it) without that import. Only what bnlab configures is
+torch.optim's (tests/engine/test_optim.py checks it) without that import. Only what bnlab configures is
 here: no amsgrad, maximize, dampening, closures or state_dict.
 """
 

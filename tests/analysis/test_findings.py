@@ -19,7 +19,7 @@ from bnlab.analysis.findings import TABLE_END, TABLE_START, read_findings, table
 from bnlab.analysis.suites import suite_names
 from bnlab.cli import app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_claim_test_out_writes_findings_and_the_table_reads_them(tmp_path: Path, tiny_mnist: Path) -> None:
@@ -65,7 +65,7 @@ def test_readme_verdict_table_is_generated_from_the_shipped_findings() -> None:
 
 @pytest.mark.parametrize("suite", suite_names())
 def test_a_finding_is_rechecked_from_its_own_files(suite: str, tmp_path: Path, tiny_mnist: Path) -> None:
-    """Every comparison of a fresh finding, recomputed from runs.csv and verdict.json alone (tests/
+    """Every comparison of a fresh finding, recomputed from runs.csv and verdict.json alone (tests/analysis/
     recheck.py: pandas and scipy, no bnlab analysis); no file names a path of this machine. Four
     epochs, so that the runs train and the comparisons have seeds to recheck."""
     out = tmp_path / "findings" / suite
@@ -129,7 +129,7 @@ SHIPPED = sorted(path.parent.name for path in (ROOT / "docs" / "findings").glob(
 @pytest.mark.parametrize("suite", SHIPPED)
 def test_every_shipped_finding_rechecks_from_its_files(suite: str) -> None:
     """Every comparison of every finding the repository ships follows from its runs.csv and
-    verdict.json (tests/recheck.py), and none of its files names a path of the machine that made it."""
+    verdict.json (tests/analysis/recheck.py), and none of its files names a path of the machine that made it."""
     folder = ROOT / "docs" / "findings" / suite
     assert recheck(folder) >= 1
     assert absolute_paths(folder) == []

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import write_spec
 from test_fuzz import alias_bomb
-from test_sweep import write_spec
 from typer.testing import CliRunner
 
 from bnlab.cli import app
@@ -26,7 +26,7 @@ from bnlab.config.spec import load_sweep
 from bnlab.records import read_runs
 from bnlab.runs.sweep import SweepOptions, run_sweep
 
-BNLAB_SOURCE = Path(__file__).resolve().parent.parent / "bnlab"
+BNLAB_SOURCE = Path(__file__).resolve().parents[2] / "bnlab"
 
 
 def invoke(*args: str) -> tuple[int, str, str]:

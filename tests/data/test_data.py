@@ -30,7 +30,7 @@ from bnlab.data import tensors
 from bnlab.errors import DataError
 
 # CI has ../shared beside the clone; it holds verified copies of both datasets.
-SHARED = Path(__file__).parents[2] / "shared" / "data"
+SHARED = Path(__file__).parents[3] / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)

@@ -91,7 +91,7 @@ def test_unknown_suite_and_budget_are_one_line(tmp_path: Path) -> None:
 
 
 def test_claims_dir_is_package_data() -> None:
-    assert CLAIMS_DIR == Path(__file__).resolve().parent.parent / "bnlab" / "claim_suites"
+    assert CLAIMS_DIR == Path(__file__).resolve().parents[2] / "bnlab" / "claim_suites"
 
 
 @pytest.mark.parametrize("name", SUITES)

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import WAIT_SECONDS
-from test_sweep import masked, read_results, write_spec
+from conftest import WAIT_SECONDS, masked, read_results, write_spec
+
 
 from bnlab.config.spec import load_sweep
 from bnlab.runs.sweep import SweepOptions, run_sweep

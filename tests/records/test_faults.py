@@ -31,8 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import WAIT_SECONDS, Holds, require, write_dataset
-from test_sweep import assert_no_processes_left, read_results, sweep_command, write_spec
+from conftest import (
+    WAIT_SECONDS,
+    Holds,
+    assert_no_processes_left,
+    read_results,
+    require,
+    sweep_command,
+    write_dataset,
+    write_spec,
+)
 from typer.testing import CliRunner
 
 from bnlab import faults

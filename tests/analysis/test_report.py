@@ -20,8 +20,7 @@ import matplotlib.image
 import pandas as pd
 import pytest
 import typer
-from conftest import WAIT_SECONDS, require, write_dataset
-from test_sweep import write_spec
+from conftest import WAIT_SECONDS, require, write_dataset, write_spec
 from typer.testing import CliRunner
 
 from bnlab.analysis.claims import ClaimResult
