@@ -52,6 +52,13 @@ def test_the_rules_see_every_module() -> None:
     assert len(names) > 40
 
 
+def test_every_wing_is_a_regular_package() -> None:
+    """A folder of modules without __init__.py still imports (a namespace package), but
+    setuptools leaves it out of the wheel and import-linter cannot see it."""
+    folders = {path.parent for path in _sources("bnlab")}
+    assert [str(folder.relative_to(ROOT)) for folder in sorted(folders) if not (folder / "__init__.py").is_file()] == []
+
+
 def test_no_import_cycle() -> None:
     """Between any two modules, not only across wings (import-linter's layers see only those), and
     counting imports inside functions and under TYPE_CHECKING. The tree before the wings had six:

@@ -57,10 +57,10 @@ def execute(group: Group, raw: Any = None) -> list[Any]:
     """Train one group; every exception becomes `failed` records, never a dead worker."""
     try:
         from bnlab.data import load_raw
-        from bnlab.runs.runner import trained
         from bnlab.data.tensors import to_splits
         from bnlab.engine.device import resolve_device
         from bnlab.engine.train import train
+        from bnlab.runs.runner import trained
 
         first = group.configs[0]
         device = resolve_device(first.device)

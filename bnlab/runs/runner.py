@@ -12,19 +12,19 @@ import functools
 import io
 import platform
 import subprocess
-from importlib.metadata import version
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bnlab.config import Config
-from bnlab.runs.curves import learning_curves_png
-from bnlab.records import RunFolder, inspect_run, run_folder, runs_dir
 from bnlab.data.tensors import Splits, load_dataset
 from bnlab.engine.device import resolve_device
 from bnlab.engine.train import OnEvent, RunResult, train
+from bnlab.records import RunFolder, inspect_run, run_folder, runs_dir
+from bnlab.runs.curves import learning_curves_png
 
 
 @dataclass(frozen=True)

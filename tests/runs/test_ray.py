@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from conftest import WAIT_SECONDS, masked, read_results, write_spec
 
-
 from bnlab.config.spec import load_sweep
 from bnlab.runs.sweep import SweepOptions, run_sweep
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from bnlab.cli import app
 from bnlab.config.spec import load_sweep
 from bnlab.records import finished_run, read_summary
 from bnlab.runs.sweep import SweepOptions, plan_workers, run_sweep
+
 
 @pytest.mark.parametrize(
     ("grid", "message"),
