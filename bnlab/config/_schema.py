@@ -18,6 +18,8 @@ from bnlab.config._yaml import short_repr
 # `$` also matches before a trailing newline, and "abc\n" would become a folder name.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}\Z"
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)\Z"
+# (section, field, default) of every field added since run ids were first published (format 1).
+LATER_FIELDS = (("model", "norm", "batch"), ("model", "bn_noise", 0.0))
 
 
 class Strict(BaseModel):
@@ -42,6 +44,9 @@ class ModelConfig(Strict):
     hidden: list[int] = Field(default_factory=lambda: [256, 128, 64], min_length=1)
     activation: Literal["relu", "sigmoid", "tanh", "gelu"] = "relu"
     bn: Literal["none", "before", "after"] = "after"  # relative to the activation
+    # What `bn` places there: BatchNorm, or LayerNorm (per sample over the layer's units: no batch
+    # statistics, so nothing depends on the batch size; the control that isolates BN's batch part).
+    norm: Literal["batch", "layer"] = "batch"
     bn_momentum: float = Field(0.1, gt=0, le=1)  # PyTorch convention: Keras's 0.99 is 0.01 here
     bn_eps: float = Field(1e-5, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -51,6 +56,10 @@ class ModelConfig(Strict):
     # BN statistics over ghost batches of this many samples inside each training batch (Hoffer
     # et al. 2017): more noise in the statistics, the regularizer claim's dose-response.
     ghost_batch: int | None = Field(None, ge=2)
+    # Noisy BN (inspired by Santurkar et al. 2018, docs/model.md): after each BatchNorm, in
+    # training only, every activation of every sample is scaled and shifted by noise whose own
+    # mean and spread are redrawn every step; this is the noise scale (0: none).
+    bn_noise: float = Field(0.0, ge=0, le=10)
     init: Literal["default", "he", "xavier", "normal"] = "default"
     init_std: float | None = Field(None, gt=0)  # only for init: normal
 
@@ -62,10 +71,20 @@ class ModelConfig(Strict):
         return hidden
 
     @model_validator(mode="after")
-    def _ghost_batch_needs_bn(self) -> ModelConfig:
-        if self.ghost_batch is not None and self.bn == "none":
-            raise ValueError("ghost_batch: only used with model.bn before or after (bn is 'none')")
+    def _batch_norm_options_need_batch_norm(self) -> ModelConfig:
+        if self.norm == "layer" and self.bn == "none":
+            raise ValueError("norm: layer needs a place for it: model.bn before or after (bn is 'none')")
+        for name, used in (("ghost_batch", self.ghost_batch is not None), ("bn_noise", self.bn_noise > 0)):
+            if used and self.bn == "none":
+                raise ValueError(f"{name}: only used with model.bn before or after (bn is 'none')")
+            if used and self.norm != "batch":
+                raise ValueError(f"{name}: only used with model.norm batch (norm is {self.norm!r})")
         return self
+
+    @property
+    def batch_statistics(self) -> bool:
+        """Whether the network normalises with batch statistics (BatchNorm placed somewhere)."""
+        return self.bn != "none" and self.norm == "batch"
 
     @model_validator(mode="after")
     def _init_std_with_normal(self) -> ModelConfig:
@@ -141,7 +160,7 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _bn_needs_two_samples(self) -> Config:
-        if self.model.bn != "none" and self.train.batch_size < 2:
+        if self.model.batch_statistics and self.train.batch_size < 2:
             raise ValueError(
                 f"train.batch_size: 1 is not allowed with model.bn={self.model.bn} "
                 "(batch statistics need at least 2 samples); use >= 2 or model.bn=none"
@@ -149,8 +168,14 @@ class Config(Strict):
         return self
 
     def run_id(self) -> str:
-        """Short hash of the resolved config minus `name`: the same run wherever it executes."""
-        payload = json.dumps(self.model_dump(exclude={"name"}), sort_keys=True, separators=(",", ":"))
+        """Short hash of the resolved config minus `name`: the same run wherever it executes.
+        A field added after run ids were first published is left out while it holds its
+        default, so every run recorded before it existed keeps its id and folder."""
+        dumped = self.model_dump(exclude={"name"})
+        for section, field, default in LATER_FIELDS:
+            if dumped[section][field] == default:
+                del dumped[section][field]
+        payload = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
     def to_yaml(self) -> str:

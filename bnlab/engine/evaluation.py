@@ -76,7 +76,7 @@ def final_evals(model: nn.Module, splits: Splits, cfg: Config, last_epoch: dict[
     at each eval batch size. Running statistics were just measured at the end of the last epoch:
     reuse, don't recompute."""
     rows = []
-    has_bn = cfg.model.bn != "none"
+    has_bn = cfg.model.batch_statistics
     recalibrated = recalibrated_copy(model, splits.train_x, cfg.train.batch_size) \
         if has_bn and "recalibrated" in cfg.eval.bn_stats else None
     # Without BN every mode is the same network: record it once.

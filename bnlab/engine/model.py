@@ -103,28 +103,68 @@ def ghost_chunks(x: torch.Tensor, ghost_batch: int, dim: int = 0) -> list[torch.
     return chunks
 
 
+class BatchNoise(nn.Module):
+    """Noisy BN's noise, placed right after a BatchNorm (inspired by Santurkar et al. 2018, who
+    perturb each activation of each sample with noise of non-zero mean and non-unit variance
+    whose distribution changes every step; their exact distribution is not verified here).
+
+    In training, every step: a shift mean in [-c, c), a shift spread in [0, c), a scale mean in
+    [1 - c/2, 1 + c/2) and a scale spread in [0, c/2), drawn uniformly; then for every activation
+    of every sample, y <- y * N(scale mean, scale spread^2) + N(shift mean, shift spread^2).
+    Draws come from the global generator (the run's dropout stream, seeded by the training loop),
+    in the order: the four parameters, the (B, H) shift draws, the (B, H) scale draws. In
+    evaluation it is the identity."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, H)
+        if not self.training:
+            return x
+        multiplier, shift = noise_draws(tuple(x.shape), self.scale, x.dtype, x.device, None)
+        return torch.addcmul(shift, x, multiplier)
+
+
+def noise_draws(shape: tuple[int, ...], scale: float, dtype: torch.dtype, device: torch.device,
+                rng: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(multiplier, shift), each of `shape` (B, H): BatchNoise's draws for one step and layer.
+    Shared by the solo module and the stacked engine, so both draw alike from a member's stream."""
+    u = torch.rand(4, dtype=dtype, device=device, generator=rng)
+    shift_mean, shift_spread = scale * (2 * u[0] - 1), scale * u[1]
+    scale_mean, scale_spread = 1 + scale * (u[2] - 0.5), scale * u[3] / 2
+    shift = torch.randn(shape, dtype=dtype, device=device, generator=rng).mul_(shift_spread).add_(shift_mean)
+    multiplier = torch.randn(shape, dtype=dtype, device=device, generator=rng).mul_(scale_spread).add_(scale_mean)
+    return multiplier, shift
+
+
 def hidden_block(cfg: ModelConfig, n_in: int, width: int, last: bool = False) -> list[nn.Module]:
     """One hidden layer's modules in order; the placement table lives here and only here."""
-    # A Linear whose output is normalised next has no bias: BN's beta subsumes it.
+    # A Linear whose output is normalised next has no bias: the norm's beta subsumes it.
     feeds_bn = cfg.bn == "before"
     linear = nn.Linear(n_in, width, bias=not feeds_bn)
     activation = ACTIVATIONS[cfg.activation]()
-    if cfg.ghost_batch is None:
-        batch_norm = nn.BatchNorm1d(width, eps=cfg.bn_eps, momentum=cfg.bn_momentum)
+    norm: list[nn.Module]
+    if cfg.norm == "layer":
+        norm = [nn.LayerNorm(width, eps=cfg.bn_eps)]
+    elif cfg.ghost_batch is None:
+        norm = [nn.BatchNorm1d(width, eps=cfg.bn_eps, momentum=cfg.bn_momentum)]
     else:
-        batch_norm = GhostBatchNorm1d(width, cfg.ghost_batch, eps=cfg.bn_eps, momentum=cfg.bn_momentum)
+        norm = [GhostBatchNorm1d(width, cfg.ghost_batch, eps=cfg.bn_eps, momentum=cfg.bn_momentum)]
+    if cfg.bn_noise > 0:
+        norm.append(BatchNoise(cfg.bn_noise))
     with_dropout = cfg.dropout > 0 and (cfg.dropout_layers == "all" or last)
     dropout = [nn.Dropout(cfg.dropout)] if with_dropout else []
     if cfg.bn == "none":
         return [linear, activation, *dropout]
     if cfg.bn == "before":
         if cfg.dropout_order == "before_bn":
-            return [linear, *dropout, batch_norm, activation]
-        return [linear, batch_norm, activation, *dropout]
+            return [linear, *dropout, *norm, activation]
+        return [linear, *norm, activation, *dropout]
     if cfg.bn == "after":
         if cfg.dropout_order == "before_bn":
-            return [linear, activation, *dropout, batch_norm]
-        return [linear, activation, batch_norm, *dropout]
+            return [linear, activation, *dropout, *norm]
+        return [linear, activation, *norm, *dropout]
     raise ValueError(f"model.bn: unknown {cfg.bn!r}")
 
 

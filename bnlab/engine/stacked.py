@@ -33,7 +33,16 @@ from torch import nn
 
 from bnlab.config import Config, TrainConfig
 from bnlab.data.tensors import Splits
-from bnlab.engine.model import STREAM_DROPOUT, GhostBatchNorm1d, build_model, ghost_chunks, stream_seed
+from bnlab.engine.compatible import stack_key
+from bnlab.engine.model import (
+    STREAM_DROPOUT,
+    BatchNoise,
+    GhostBatchNorm1d,
+    build_model,
+    ghost_chunks,
+    noise_draws,
+    stream_seed,
+)
 from bnlab.engine.train import (
     OPTIMIZERS,
     OnEvent,
@@ -46,34 +55,6 @@ from bnlab.engine.train import (
 )
 
 N_CLASSES = 10
-
-
-def stack_key(cfg: Config) -> tuple:
-    """Everything that shapes the computation, as (field, value) pairs: configs with equal keys
-    can share a stack. Seeds and the per-run scalars (lr, weight_decay, momentum, dropout rate,
-    bn_momentum) may differ within a stack."""
-    model, train, evaluation = cfg.model, cfg.train, cfg.eval
-    return (
-        ("device", cfg.device),
-        ("data", tuple(sorted(cfg.data.model_dump().items()))),
-        ("model.hidden", tuple(model.hidden)),
-        ("model.activation", model.activation),
-        ("model.bn", model.bn),
-        ("model.dropout_order", model.dropout_order),
-        ("model.init", model.init),
-        ("model.init_std", model.init_std),
-        ("model.bn_eps", model.bn_eps),
-        ("model.dropout > 0", model.dropout > 0),  # whether the network has Dropout modules at all
-        ("model.dropout_layers", model.dropout_layers),
-        ("model.ghost_batch", model.ghost_batch),
-        ("train.batch_size", train.batch_size),
-        ("train.length", ("steps", train.steps) if train.steps else ("epochs", train.epochs)),
-        ("train.optimizer", train.optimizer),
-        ("train.log_every", train.log_every),
-        ("eval.bn_stats", tuple(evaluation.bn_stats)),
-        ("eval.batch_sizes", tuple(evaluation.batch_sizes)),
-        ("eval.every_steps", evaluation.every_steps),
-    )
 
 
 def _hyper(train: TrainConfig) -> tuple[float, float, float]:
@@ -133,8 +114,12 @@ class _Stack:
             return self._linear
         if isinstance(module, nn.BatchNorm1d):
             return self._batch_norm
+        if isinstance(module, nn.LayerNorm):
+            return self._layer_norm
         if isinstance(module, nn.Dropout):
             return self._dropout
+        if isinstance(module, BatchNoise):
+            return self._noise
         return self._elementwise  # the activations
 
     # --- the network --------------------------------------------------------------------------
@@ -167,6 +152,20 @@ class _Stack:
             self.buffers[position + ".running_mean"].mul_(keep).addcmul_(batch_mean, momentum)
             self.buffers[position + ".running_var"].mul_(keep).addcmul_(batch_var, momentum)
         return out.view(k, width, batch)
+
+    def _layer_norm(self, h: torch.Tensor, position: str, module: nn.Module) -> torch.Tensor:
+        # Per member and sample over its units: layer_norm normalises the last dimension, so the
+        # (K, B, H) view; each member's own gain and shift (K, H, 1) then broadcast over the batch.
+        normalized = F.layer_norm(h.transpose(1, 2), (h.shape[1],), eps=module.eps).transpose(1, 2)  # (K, H, B)
+        return torch.addcmul(self.params[position + ".bias"], normalized, self.params[position + ".weight"])
+
+    def _noise(self, h: torch.Tensor, position: str, module: nn.Module) -> torch.Tensor:
+        k, width, batch = h.shape
+        draws = [noise_draws((batch, width), member.cfg.model.bn_noise, h.dtype, h.device, member.dropout_rng)
+                 for member in self.members]  # each member's solo draws, (B, H), from its own stream
+        multiplier = torch.stack([m for m, _ in draws]).transpose(1, 2)  # (K, H, B)
+        shift = torch.stack([s for _, s in draws]).transpose(1, 2)
+        return torch.addcmul(shift, h, multiplier)
 
     def _dropout(self, h: torch.Tensor, position: str, module: nn.Module) -> torch.Tensor:
         k, width, batch = h.shape

@@ -99,7 +99,7 @@ class Schedule:
 
 
 def make_schedule(cfg: Config, n_train: int) -> Schedule:
-    per_epoch = batches_per_epoch(n_train, cfg.train.batch_size, cfg.model.bn != "none")
+    per_epoch = batches_per_epoch(n_train, cfg.train.batch_size, cfg.model.batch_statistics)
     if per_epoch == 0:
         raise ConfigError(
             f"train.batch_size: {n_train} training image(s) make no batch of >= 2 for BN; "

@@ -95,7 +95,7 @@ def plan_groups(configs: Sequence[Config], stack: str, max_stack: int) -> list[G
         return [Group((cfg,), stacked=False) for cfg in ordered]
     if stack != "auto":
         raise ConfigError(f"--stack: {stack!r} is not allowed; allowed: auto, off")
-    from bnlab.engine.stacked import stack_key
+    from bnlab.engine.compatible import stack_key
 
     buckets: dict[Any, list[Config]] = {}
     for cfg in ordered:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from bnlab.config import ModelConfig
-from bnlab.engine.model import ACTIVATIONS, build_model
+from bnlab.config import Config, ModelConfig
+from bnlab.engine.model import ACTIVATIONS, BatchNoise, build_model
 
 L, B, A, D = nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout
 
@@ -82,3 +82,60 @@ def test_ghost_batch_norm_normalises_each_ghost_batch() -> None:
         torch.testing.assert_close(chunk.mean(0), torch.zeros(6), atol=1e-5, rtol=0)
     reference = nn.BatchNorm1d(6).train()
     assert not torch.allclose(reference(x), out, atol=1e-3)  # not the whole batch's statistics
+
+
+LN, NOISE = nn.LayerNorm, BatchNoise
+
+
+@pytest.mark.parametrize(("bn", "order"), [key for key in EXPECTED_BLOCK if key[0] != "none"])
+@pytest.mark.parametrize(("norm", "noise"), [("layer", 0.0), ("batch", 0.5)])
+def test_layer_norm_and_noise_take_batch_norms_place(bn: str, order: str, norm: str, noise: float) -> None:
+    """LayerNorm where BN would be; the noise right after BN, so dropout orders keep their meaning."""
+    cfg = ModelConfig(hidden=[8, 4], bn=bn, dropout=0.3, dropout_order=order, norm=norm, bn_noise=noise)
+    in_place = {B: [LN] if norm == "layer" else [B, NOISE]}
+    block = [kind for expected in EXPECTED_BLOCK[(bn, order)] for kind in in_place.get(expected, [expected])]
+    assert [type(module) for module in build_model(cfg, 12, 10, seed=0)] == block * 2 + [L]
+
+
+def test_noise_is_redrawn_every_step_within_its_ranges_and_off_in_evaluation() -> None:
+    """On zeros the output is the shift alone, on ones the multiplier plus the shift: each step's
+    draws have means within the documented ranges, spreads within theirs, and change from step
+    to step; in evaluation the module is the identity."""
+    scale = 0.8
+    noise = BatchNoise(scale).train()
+    zeros, ones = torch.zeros(4000, 16, dtype=torch.float64), torch.ones(4000, 16, dtype=torch.float64)
+    means, spreads = [], []
+    for step in range(50):
+        torch.manual_seed(step)
+        shift = noise(zeros)
+        torch.manual_seed(step)  # the same draws again, now on ones
+        multiplier = noise(ones) - shift
+        means.append(shift.mean().item())
+        spreads.append(shift.std().item())
+        assert -scale - 0.05 < shift.mean() < scale + 0.05 and shift.std() < scale + 0.05
+        assert 1 - scale / 2 - 0.05 < multiplier.mean() < 1 + scale / 2 + 0.05 and multiplier.std() < scale / 2 + 0.05
+    assert len({round(mean, 6) for mean in means}) == 50  # a new distribution every step
+    assert min(means) < -scale / 3 and max(means) > scale / 3 and max(spreads) > scale / 3
+    x = torch.randn(8, 16)
+    assert torch.equal(noise.eval()(x), x)
+
+
+def test_new_options_keep_the_run_ids_of_configs_that_do_not_use_them() -> None:
+    """Ids computed before model.norm and model.bn_noise existed (commit 120e56f): folders recorded
+    then are found, not redone."""
+    assert Config().run_id() == "fb9fd9c094e8"
+    assert Config(model={"bn": "none", "dropout": 0.3}, train={"lr": 0.1}).run_id() == "420fe42691a9"
+    assert Config(model={"norm": "batch", "bn_noise": 0.0}).run_id() == Config().run_id()
+    assert len({Config(model={"norm": "layer"}).run_id(), Config(model={"bn_noise": 0.5}).run_id(),
+                Config().run_id()}) == 3
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"bn": "none", "norm": "layer"}, "norm: layer needs a place for it"),
+    ({"bn": "none", "bn_noise": 0.5}, "bn_noise: only used with model.bn before or after"),
+    ({"norm": "layer", "bn_noise": 0.5}, "bn_noise: only used with model.norm batch"),
+    ({"norm": "layer", "ghost_batch": 8}, "ghost_batch: only used with model.norm batch"),
+])
+def test_options_that_need_batch_norm_say_so(fields: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**fields)

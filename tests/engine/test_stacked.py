@@ -16,8 +16,9 @@ import torch
 
 from bnlab.config import Config, load_config
 from bnlab.data.tensors import Splits, load_dataset
+from bnlab.engine.compatible import stack_key
 from bnlab.engine.model import build_model
-from bnlab.engine.stacked import stack_key, train_stack
+from bnlab.engine.stacked import train_stack
 from bnlab.engine.train import OPTIMIZERS, RunResult, train
 
 TOLERANCE = 1e-6
@@ -164,9 +165,11 @@ def test_results_have_the_solo_format_and_load_into_build_model(tiny_config: Pat
 SHARED = ["seed=5", "train.lr=0.1", "train.weight_decay=0.01", "train.momentum=0.5", "model.dropout=0.3",
           "model.bn_momentum=0.01", "name=other"]
 APART = ["train.batch_size=16", "model.hidden=[8]", "model.bn=before", "model.dropout=0", "train.optimizer=adam",
-         "train.steps=7", "model.init=he", "eval.every_steps=3", "data.val_size=50", "device=auto"]
+         "train.steps=7", "model.init=he", "eval.every_steps=3", "data.val_size=50", "device=auto",
+         "model.norm=layer", "model.bn_noise=0.5"]
 
-KEY_FIELDS = {"train.steps": "train.length", "model.dropout": "model.dropout > 0", "data.val_size": "data"}
+KEY_FIELDS = {"train.steps": "train.length", "model.dropout": "model.dropout > 0", "data.val_size": "data",
+              "model.bn_noise": "model.bn_noise > 0"}
 
 
 @pytest.mark.parametrize("override", SHARED + APART)
@@ -197,3 +200,29 @@ def test_ghost_batches_and_last_layer_dropout_match_solo(tiny_config: Path, bn: 
     splits = float64(load_dataset(cfgs[0].data, torch.device("cpu")))
     for cfg, result in zip(cfgs, train_stack(cfgs, splits), strict=True):
         assert_same_run(result, train(cfg, splits), cfg, splits)
+
+
+@pytest.mark.parametrize("bn", ["before", "after"])
+def test_layer_norm_members_match_solo(tiny_config: Path, bn: str) -> None:
+    """LayerNorm per member and sample over its units, with its own gain and shift; batch-size
+    independent, so no step drops a single-sample batch and every eval mode is the same network."""
+    cfgs = configs(tiny_config, "adam", [f"model.bn={bn}", "model.norm=layer"])
+    splits = float64(load_dataset(cfgs[0].data, torch.device("cpu")))
+    for cfg, result in zip(cfgs, train_stack(cfgs, splits), strict=True):
+        assert {row["bn_stats"] for row in result.evals} == {"running"}
+        assert_same_run(result, train(cfg, splits), cfg, splits)
+
+
+@pytest.mark.parametrize("bn", ["before", "after"])
+def test_noisy_bn_members_draw_their_solo_noise(tiny_config: Path, bn: str) -> None:
+    """Each member's noise scale differs, and dropout draws from the same stream in between: the
+    stack must reproduce every member's solo draws in their solo order."""
+    scales = ("model.bn_noise=0.5", "model.bn_noise=1.0", "model.bn_noise=0.2")
+    cfgs = configs(tiny_config, "adam", [f"model.bn={bn}", "model.dropout=0.2"], scales)
+    splits = float64(load_dataset(cfgs[0].data, torch.device("cpu")))
+    for cfg, result in zip(cfgs, train_stack(cfgs, splits), strict=True):
+        assert_same_run(result, train(cfg, splits), cfg, splits)
+    # The noise is there: without it the same run trains differently.
+    quiet = Config.model_validate(cfgs[1].model_dump() | {"model": cfgs[1].model.model_dump() | {"bn_noise": 0.0}})
+    noisy, plain = column(train(cfgs[1], splits).steps, "train_loss"), column(train(quiet, splits).steps, "train_loss")
+    assert not torch.allclose(noisy, plain)
