@@ -19,7 +19,7 @@ from bnlab.config._yaml import short_repr
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}\Z"
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)\Z"
 # (section, field, default) of every field added since run ids were first published (format 1).
-LATER_FIELDS = (("model", "norm", "batch"), ("model", "bn_noise", 0.0))
+LATER_FIELDS = (("model", "norm", "batch"), ("model", "bn_noise", 0.0), ("eval", "train_eval", False))
 
 
 class Strict(BaseModel):
@@ -118,10 +118,15 @@ class EvalConfig(Strict):
     # running: the running averages. recalibrated: population statistics re-estimated over one
     # pass of the training set (Ioffe & Szegedy, Alg. 2). batch: each eval batch's own statistics,
     # at each of batch_sizes. sorted: the same on class-sorted batches (the non-i.i.d. case).
-    bn_stats: list[Literal["running", "recalibrated", "batch", "sorted"]] = Field(
+    # shuffled: the same on batches in an order drawn from the run's seed (the stored order of the
+    # test set is not random enough to stand for i.i.d. batches).
+    bn_stats: list[Literal["running", "recalibrated", "batch", "sorted", "shuffled"]] = Field(
         default_factory=lambda: ["running"], min_length=1)
     batch_sizes: list[int] = Field(default_factory=lambda: [1000], min_length=1)
     every_steps: int | None = Field(None, ge=1)
+    # Eval-mode (running statistics, no dropout) loss and accuracy on the training images at every
+    # validation checkpoint: the train side of a generalization gap that batch noise cannot lower.
+    train_eval: bool = False
 
     @field_validator("bn_stats", mode="before")
     @classmethod

@@ -30,6 +30,7 @@ STREAM_WEIGHTS = 1
 STREAM_BIAS = 2
 STREAM_DATA_ORDER = 3
 STREAM_DROPOUT = 4
+STREAM_EVAL_ORDER = 5  # eval.bn_stats shuffled: the order of the evaluation batches
 
 
 def stream_seed(seed: int, stream: int, index: int = 0) -> int:

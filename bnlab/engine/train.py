@@ -154,8 +154,9 @@ class RunBook:
             if step % self.probe_every == 0:
                 self.result.probes += self.probe.record(step)
         if eval_now:
-            val, test = self.evaluate_epoch()
-            row |= {"val_acc": val["acc"], "test_acc": test["acc"]}
+            evaluated = self.evaluate_epoch()
+            row |= {"val_acc": evaluated["val"]["acc"], "test_acc": evaluated["test"]["acc"]}
+            row |= _on_train_images(evaluated)
         self.result.steps.append(row)
         self.emit({"kind": "step", "step": step, "epoch": epoch, **row})
         return True
@@ -169,19 +170,23 @@ class RunBook:
             return False
         return True
 
-    def evaluate_epoch(self) -> tuple[dict[str, float], dict[str, float]]:
-        """Validation and test loss and accuracy with running statistics, as now."""
+    def evaluate_epoch(self) -> dict[str, dict[str, float]]:
+        """Loss and accuracy with running statistics, as now: on validation and test, and with
+        eval.train_eval on the training images too (a forward pass over all of them)."""
         splits = self.splits
-        return (evaluate(self.model, splits.val_x, splits.val_y, "running", 0),
-                evaluate(self.model, splits.test_x, splits.test_y, "running", 0))
+        evaluated = {"val": evaluate(self.model, splits.val_x, splits.val_y, "running", 0),
+                     "test": evaluate(self.model, splits.test_x, splits.test_y, "running", 0)}
+        if self.cfg.eval.train_eval:
+            evaluated["train_eval"] = evaluate(self.model, splits.train_x, splits.train_y, "running", 0)
+        return evaluated
 
     def record_epoch(self, epoch: int, step: int, train_loss: float, train_acc: float,
-                     evaluated: tuple[dict[str, float], dict[str, float]], lr: float, seconds: float,
+                     evaluated: dict[str, dict[str, float]], lr: float, seconds: float,
                      samples_per_second: float) -> None:
-        val, test = evaluated
+        val, test = evaluated["val"], evaluated["test"]
         row = {"epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc,
-               "val_loss": val["loss"], "val_acc": val["acc"], "test_loss": test["loss"], "test_acc": test["acc"],
-               "lr": lr, "seconds": seconds}
+               "val_loss": val["loss"], "val_acc": val["acc"], "test_loss": test["loss"], "test_acc": test["acc"]}
+        row |= {**_on_train_images(evaluated), "lr": lr, "seconds": seconds}
         self.result.epochs.append(row)
         self.emit({"kind": "epoch", "epochs": self.schedule.epochs, "samples_per_second": samples_per_second, **row})
 
@@ -200,6 +205,12 @@ class RunBook:
         result.state_dict = {name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()}
         self.emit({"kind": "end", "status": result.status})
         return result
+
+
+def _on_train_images(evaluated: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The eval-mode columns on the training images, when eval.train_eval asked for them."""
+    on_train = evaluated.get("train_eval")
+    return {} if on_train is None else {"train_eval_loss": on_train["loss"], "train_eval_acc": on_train["acc"]}
 
 
 # --- the solo loop -------------------------------------------------------------------------------

@@ -96,7 +96,11 @@ override_keys = st.sampled_from(_dotted(Config)) | st.text(max_size=10)
 override_values = (values.map(lambda value: yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n")
                               .strip()) | yaml_like_text)
 # A leading "-" is click's option syntax, parsed before bnlab sees it; not bnlab's input.
-overrides = st.tuples(override_keys, override_values).map(lambda kv: f"{kv[0]}={kv[1]}") | st.text(max_size=10)
+# Known-good overrides beside the random ones, so the success path is reached whatever fields the
+# schema grows (random values for a random field are nearly always refused).
+VALID_OVERRIDES = st.sampled_from(["train.lr=0.01", "model.bn=before", "seed=3", "model.hidden=[8, 4]"])
+overrides = (st.tuples(override_keys, override_values).map(lambda kv: f"{kv[0]}={kv[1]}") | st.text(max_size=10)
+             | VALID_OVERRIDES)
 overrides = overrides.filter(lambda item: not item.startswith("-"))
 
 

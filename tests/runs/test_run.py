@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 from bnlab.cli import app
 from bnlab.config import load_config
 from bnlab.data.tensors import load_dataset
-from bnlab.engine.model import build_model
+from bnlab.engine.model import STREAM_EVAL_ORDER, build_model, generator
 from bnlab.engine.probes import PROBE_UNITS
 from bnlab.engine.train import epoch_order, train
 from bnlab.records import read_summary
@@ -231,3 +232,66 @@ def test_probes_are_spread_over_a_long_run(tiny_mnist: Path) -> None:
     result = train(cfg, load_dataset(cfg.data, "cpu"))
     assert sorted({row["step"] for row in result.probes}) == list(range(0, 301, 12))  # 2 * ceil(300 / (2 * 25))
     assert len(result.steps) == 150
+
+
+def _predictions(model: torch.nn.Module, x: torch.Tensor, batch: int | None) -> torch.Tensor:
+    """The definition, in plain torch: running statistics (batch None), or each batch of `batch`
+    normalised with its own statistics, dropout off, batches of one sample left out (-1)."""
+    model = copy.deepcopy(model).eval()
+    if batch is None:
+        with torch.no_grad():
+            return model(x).argmax(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.train()
+    out = torch.full((len(x),), -1)
+    with torch.no_grad():
+        for start in range(0, len(x), batch):
+            if len(x[start:start + batch]) >= 2:
+                out[start:start + batch] = model(x[start:start + batch]).argmax(1)
+    return out
+
+
+def test_shuffled_batches_and_disagreement_match_their_definitions(tiny_config: Path) -> None:
+    """`disagree` is the fraction of scored test predictions unlike the running-statistics ones;
+    `shuffled` scores batches in an order drawn from the seed; one batch of 10000 holds the whole
+    tiny test set, so its order cannot matter there."""
+    cfg = load_config(tiny_config, ["model.dropout=0.2", "eval.bn_stats=[running, batch, shuffled]",
+                                    "eval.batch_sizes=[16, 10000]"])
+    splits = load_dataset(cfg.data, torch.device("cpu"))
+    result = train(cfg, splits)
+    rows = {(row["split"], row["bn_stats"], row["batch_size"]): row for row in result.evals}
+    assert "disagree" not in rows[("test", "running", None)]
+    model = build_model(cfg.model, 784, 10, cfg.seed)
+    model.load_state_dict(result.state_dict)
+    running = _predictions(model, splits.test_x, None)
+    in_order = _predictions(model, splits.test_x, 16)
+    assert rows[("test", "batch", 16)]["disagree"] == pytest.approx((in_order != running).double().mean().item())
+    order = torch.randperm(len(splits.test_y), generator=generator(cfg.seed, STREAM_EVAL_ORDER, 1))
+    shuffled = torch.empty_like(running).scatter_(0, order, _predictions(model, splits.test_x[order], 16))
+    scored = shuffled >= 0
+    assert rows[("test", "shuffled", 16)]["disagree"] == pytest.approx(
+        (shuffled[scored] != running[scored]).double().mean().item())
+    assert rows[("test", "shuffled", 16)]["acc"] == pytest.approx(
+        (shuffled[scored] == splits.test_y[scored]).double().mean().item())
+    assert rows[("test", "shuffled", 10000)]["acc"] == pytest.approx(rows[("test", "batch", 10000)]["acc"])
+    assert rows[("test", "shuffled", 10000)]["disagree"] == pytest.approx(rows[("test", "batch", 10000)]["disagree"])
+
+
+def test_train_eval_is_the_eval_mode_score_on_the_training_images(tiny_config: Path) -> None:
+    """With dropout, the running-mean train accuracy of an epoch is lowered by the noise;
+    train_eval is the network as evaluated, recomputed here from its saved weights."""
+    cfg = load_config(tiny_config, ["model.dropout=0.5", "eval.train_eval=true", "eval.every_steps=5"])
+    splits = load_dataset(cfg.data, torch.device("cpu"))
+    result = train(cfg, splits)
+    assert all({"train_eval_loss", "train_eval_acc"} <= set(row) for row in result.epochs)
+    assert all("train_eval_acc" in row for row in result.steps if "val_acc" in row)
+    model = build_model(cfg.model, 784, 10, cfg.seed)
+    model.load_state_dict(result.state_dict)
+    model.eval()
+    with torch.no_grad():
+        logits = model(splits.train_x)
+    assert result.final["train_eval_acc"] == pytest.approx((logits.argmax(1) == splits.train_y).double().mean().item())
+    assert result.final["train_eval_loss"] == pytest.approx(F.cross_entropy(logits, splits.train_y).item(), rel=1e-5)
+    plain = train(load_config(tiny_config, ["model.dropout=0.5", "eval.every_steps=5"]), splits)
+    assert "train_eval_acc" not in plain.final and all("train_eval_acc" not in row for row in plain.steps)
