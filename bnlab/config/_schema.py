@@ -19,7 +19,8 @@ from bnlab.config._yaml import short_repr
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}\Z"
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)\Z"
 # (section, field, default) of every field added since run ids were first published (format 1).
-LATER_FIELDS = (("model", "norm", "batch"), ("model", "bn_noise", 0.0), ("eval", "train_eval", False))
+LATER_FIELDS = (("model", "norm", "batch"), ("model", "bn_noise", 0.0), ("eval", "train_eval", False),
+                ("eval", "variance_shift", False))
 
 
 class Strict(BaseModel):
@@ -127,6 +128,9 @@ class EvalConfig(Strict):
     # Eval-mode (running statistics, no dropout) loss and accuracy on the training images at every
     # validation checkpoint: the train side of a generalization gap that batch noise cannot lower.
     train_eval: bool = False
+    # At the end, per BatchNorm layer: its running variance against the variance of its input on
+    # the test set in eval mode (Li et al. 2019's variance shift; docs/probes.md). layers.csv.
+    variance_shift: bool = False
 
     @field_validator("bn_stats", mode="before")
     @classmethod

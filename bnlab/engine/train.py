@@ -23,7 +23,7 @@ from bnlab.data.tensors import Splits
 from bnlab.engine.evaluation import evaluate, final_evals
 from bnlab.engine.model import STREAM_DATA_ORDER, STREAM_DROPOUT, build_model, generator, stream_seed
 from bnlab.engine.optim import ForeachSGD, FusedAdam
-from bnlab.engine.probes import PROBE_POINTS, PROBE_SAMPLES, PreActivationProbe
+from bnlab.engine.probes import PROBE_POINTS, PROBE_SAMPLES, PreActivationProbe, variance_shift
 from bnlab.errors import ConfigError
 
 Event = dict[str, Any]
@@ -67,6 +67,7 @@ class RunResult:
     steps: list[dict[str, Any]] = field(default_factory=list)
     probes: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[dict[str, Any]] = field(default_factory=list)  # per-layer probes (eval.variance_shift)
     final: dict[str, float] = field(default_factory=dict)
     best: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -196,6 +197,8 @@ class RunBook:
             if not result.probes or result.probes[-1]["step"] != step:
                 result.probes += self.probe.record(step)
             result.evals = final_evals(self.model, self.splits, self.cfg, result.epochs[-1])
+            if self.cfg.eval.variance_shift and self.cfg.model.batch_statistics:
+                result.layers = variance_shift(self.model, self.splits.test_x, step)
             result.final = {key: value for key, value in result.epochs[-1].items() if key not in ("epoch", "lr")}
             best = max(result.epochs, key=lambda row: row["val_acc"] if math.isfinite(row["val_acc"]) else -1)
             result.best = {"val_acc": best["val_acc"], "epoch": best["epoch"], "test_acc": best["test_acc"]}

@@ -22,6 +22,8 @@ STEPS = "steps.csv"
 PROBES = "probes.csv"
 EVALS = "evals.csv"
 METRICS_CSVS = (EPOCHS, STEPS, PROBES, EVALS)  # what a done or diverged run's summary vouches for
+LAYERS = "layers.csv"  # per-layer probes, written only by a run that asks for one
+OPTIONAL_CSVS = (LAYERS,)  # checked like the others where present; a run without them is whole
 
 # A sweep folder: the spec as given, the resolved base and axes, one row per run, the lock.
 SPEC = "spec.yaml"

@@ -27,7 +27,9 @@ from bnlab.records._files import (
     ERROR,
     EVALS,
     FORMAT_VERSION,
+    LAYERS,
     METRICS_CSVS,
+    OPTIONAL_CSVS,
     PROBES,
     STEPS,
     SUMMARY,
@@ -42,7 +44,7 @@ RUN_STATUSES = ("done", "diverged", "failed", DID_NOT_TRAIN)  # run_status's val
 CHANCE_LOSS = math.log(10)
 # Every metrics column holds a number (or nothing), except evals.csv's labels.
 _TEXT_COLUMNS = frozenset({"split", "bn_stats"})
-_TABLES = {"epochs": EPOCHS, "steps": STEPS, "probes": PROBES, "evals": EVALS}
+_TABLES = {"epochs": EPOCHS, "steps": STEPS, "probes": PROBES, "evals": EVALS, "layers": LAYERS}
 
 
 def run_status(summary: Mapping[str, Any]) -> str:
@@ -78,9 +80,12 @@ class RunFolder:
 
     def write_outputs(self, tables: Mapping[str, Iterable[Mapping[str, Any]]], curves_png: bytes,
                       weights: bytes) -> None:
-        """A trained run's metrics (epochs, steps, probes, evals: rows each), figure and weights."""
+        """A trained run's metrics (epochs, steps, probes, evals, and layers if it probed any: rows
+        each), figure and weights."""
         for table, name in _TABLES.items():
-            write_file(self.path / name, csv_bytes(tables[table]))
+            rows = list(tables.get(table, []))
+            if rows or name not in OPTIONAL_CSVS:
+                write_file(self.path / name, csv_bytes(rows))
         write_file(self.path / CURVES, curves_png)
         write_file(self.path / WEIGHTS, weights)
 
@@ -128,8 +133,12 @@ class FinishedRun:
         return flatten(self.config.model_dump())
 
     def table(self, name: str) -> list[dict[str, str]]:
-        """One metrics table (epochs, steps, probes, evals) as rows of text, read strictly."""
-        return read_metrics_csv(self.folder / _TABLES[name])
+        """One metrics table (epochs, steps, probes, evals, layers) as rows of text, read strictly;
+        an optional table the run did not write is empty."""
+        path = self.folder / _TABLES[name]
+        if path.name in OPTIONAL_CSVS and not path.exists():
+            return []
+        return read_metrics_csv(path)
 
     def frame(self, name: str) -> Any:
         """One metrics table as a pandas DataFrame, every column but the labels numeric."""
@@ -226,6 +235,9 @@ def check_outputs(folder: Path, summary: dict[str, Any]) -> None:
     if summary["status"] == "failed":
         return  # a failed run recorded error.txt, not metrics
     tables = {name: read_metrics_csv(folder / name) for name in METRICS_CSVS}
+    for name in OPTIONAL_CSVS:
+        if (folder / name).exists():
+            read_metrics_csv(folder / name)
     if not (folder / WEIGHTS).is_file() or (folder / WEIGHTS).stat().st_size == 0:
         raise RecordsError(f"{folder / WEIGHTS}: missing or empty")
     if summary["status"] == "done":

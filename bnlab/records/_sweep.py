@@ -21,6 +21,7 @@ from bnlab.records._files import (
     ERROR,
     INVOCATIONS,
     METRICS_CSVS,
+    OPTIONAL_CSVS,
     RESULTS,
     SPEC,
     SUMMARY,
@@ -166,7 +167,7 @@ def validate_store(sweep_dir: Path) -> list[str]:
             else:  # unfinished: what it holds must still be whole
                 if (folder / CONFIG).exists():
                     check_identity(folder, read_config(folder))
-                for name in METRICS_CSVS:
+                for name in (*METRICS_CSVS, *OPTIONAL_CSVS):
                     if (folder / name).exists():
                         read_metrics_csv(folder / name)
         except BnlabError as err:

@@ -131,7 +131,8 @@ def write_run(folder: Path, run: Trained) -> dict[str, Any]:
     if result is None:
         records.write_error(run.traceback or run.error or "failed, with no message")
     else:
-        tables = {"epochs": result.epochs, "steps": result.steps, "probes": result.probes, "evals": result.evals}
+        tables = {"epochs": result.epochs, "steps": result.steps, "probes": result.probes, "evals": result.evals,
+                  "layers": result.layers}
         records.write_outputs(tables, run.curves_png, run.weights)
     summary = build_summary(run)
     records.finish(summary)

@@ -229,9 +229,9 @@ def test_noisy_bn_members_draw_their_solo_noise(tiny_config: Path, bn: str) -> N
 
 
 def test_probes_on_train_images_and_shuffled_batches_match_solo(tiny_config: Path) -> None:
-    """eval.train_eval and the shuffled and disagreement evaluations read a member's solo-shaped
-    model: the same numbers as its solo run."""
-    cfgs = configs(tiny_config, "adam", ["model.bn=after", "eval.train_eval=true",
+    """eval.train_eval, the shuffled and disagreement evaluations and the variance shift read a
+    member's solo-shaped model: the same numbers as its solo run."""
+    cfgs = configs(tiny_config, "adam", ["model.bn=after", "eval.train_eval=true", "eval.variance_shift=true",
                                          "eval.bn_stats=[running, batch, shuffled]", "eval.batch_sizes=[16, 10000]"])
     splits = float64(load_dataset(cfgs[0].data, torch.device("cpu")))
     for cfg, result in zip(cfgs, train_stack(cfgs, splits), strict=True):
@@ -239,7 +239,8 @@ def test_probes_on_train_images_and_shuffled_batches_match_solo(tiny_config: Pat
         assert_same_run(result, solo, cfg, splits)
         for rows, solo_rows, key in ((result.epochs, solo.epochs, "train_eval_loss"),
                                      (result.steps, solo.steps, "train_eval_acc"),
-                                     (result.evals, solo.evals, "disagree"), (result.evals, solo.evals, "acc")):
+                                     (result.evals, solo.evals, "disagree"), (result.evals, solo.evals, "acc"),
+                                     (result.layers, solo.layers, "variance_shift")):
             torch.testing.assert_close(column(rows, key), column(solo_rows, key), rtol=0, atol=TOLERANCE,
                                        equal_nan=True)
-        assert not column(result.epochs, "train_eval_loss").isnan().any()
+        assert not column(result.epochs, "train_eval_loss").isnan().any() and len(result.layers) == 2

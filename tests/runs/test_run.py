@@ -19,7 +19,7 @@ from bnlab.data.tensors import load_dataset
 from bnlab.engine.model import STREAM_EVAL_ORDER, build_model, generator
 from bnlab.engine.probes import PROBE_UNITS
 from bnlab.engine.train import epoch_order, train
-from bnlab.records import read_summary
+from bnlab.records import read_finished, read_summary
 from bnlab.runs.runner import run
 
 RUN_FILES = {"config.yaml", "epochs.csv", "steps.csv", "probes.csv", "evals.csv", "summary.json", "model.pt",
@@ -295,3 +295,39 @@ def test_train_eval_is_the_eval_mode_score_on_the_training_images(tiny_config: P
     assert result.final["train_eval_loss"] == pytest.approx(F.cross_entropy(logits, splits.train_y).item(), rel=1e-5)
     plain = train(load_config(tiny_config, ["model.dropout=0.5", "eval.every_steps=5"]), splits)
     assert "train_eval_acc" not in plain.final and all("train_eval_acc" not in row for row in plain.steps)
+
+
+def test_variance_shift_is_running_variance_over_the_test_inputs_variance(tmp_path: Path, tiny_config: Path) -> None:
+    """Li et al.'s variance shift, recomputed from the saved weights; with dropout before BN the
+    running variance was trained on inflated inputs, so it exceeds the test-time variance."""
+    shifts = {}
+    for order in ("before_bn", "after_bn"):
+        cfg = load_config(tiny_config, ["model.dropout=0.5", f"model.dropout_order={order}", "eval.variance_shift=true",
+                                        "train.epochs=4"])
+        outcome = run(cfg, tmp_path / order)
+        finished = read_finished(outcome.folder)
+        layers = finished.table("layers")
+        assert [int(row["layer"]) for row in layers] == [1, 2]
+        model = build_model(cfg.model, 784, 10, cfg.seed)
+        model.load_state_dict(torch.load(outcome.folder / "model.pt", weights_only=True))
+        model.eval()
+        inputs: list[torch.Tensor] = []
+        for module in model:
+            if isinstance(module, torch.nn.BatchNorm1d):
+                module.register_forward_pre_hook(lambda _m, args, seen=inputs: seen.append(args[0]))
+        splits = load_dataset(cfg.data, torch.device("cpu"))
+        with torch.no_grad():
+            model(splits.test_x)
+        norms = [module for module in model if isinstance(module, torch.nn.BatchNorm1d)]
+        for row, norm, seen in zip(layers, norms, inputs, strict=True):
+            test_var, running_var = seen.double().var(0), norm.running_var.double()
+            live = (test_var > norm.eps) & (running_var > norm.eps)  # dead units say nothing
+            assert int(row["units"]) == int(live.sum()) > 0
+            ratio = running_var[live] / test_var[live]
+            assert float(row["variance_shift"]) == pytest.approx(ratio.mean().item(), rel=1e-4)
+            assert float(row["variance_shift_max"]) == pytest.approx(torch.maximum(ratio, 1 / ratio).max().item(),
+                                                                     rel=1e-4)
+        shifts[order] = float(layers[-1]["variance_shift"])
+    assert shifts["before_bn"] > 1.2 and shifts["before_bn"] > shifts["after_bn"]
+    plain = run(load_config(tiny_config, ["train.epochs=1"]), tmp_path / "plain")
+    assert not (plain.folder / "layers.csv").exists() and read_finished(plain.folder).table("layers") == []
