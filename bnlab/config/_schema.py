@@ -20,7 +20,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}\Z"
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)\Z"
 # (section, field, default) of every field added since run ids were first published (format 1).
 LATER_FIELDS = (("model", "norm", "batch"), ("model", "bn_noise", 0.0), ("eval", "train_eval", False),
-                ("eval", "variance_shift", False))
+                ("eval", "variance_shift", False), ("eval", "grad_ics", False))
 
 
 class Strict(BaseModel):
@@ -131,6 +131,9 @@ class EvalConfig(Strict):
     # At the end, per BatchNorm layer: its running variance against the variance of its input on
     # the test set in eval mode (Li et al. 2019's variance shift; docs/probes.md). layers.csv.
     variance_shift: bool = False
+    # Santurkar et al.'s gradient ICS per layer at the activation probe's steps (about 25 a run):
+    # solo runs only (a sweep trains them unstacked). layers.csv.
+    grad_ics: bool = False
 
     @field_validator("bn_stats", mode="before")
     @classmethod

@@ -7,6 +7,12 @@ from __future__ import annotations
 from bnlab.config import Config
 
 
+def stackable(cfg: Config) -> bool:
+    """Whether a run can train in a stack at all: the gradient-ICS probe replays a run's own
+    optimizer step on a copy, which only the solo engine does."""
+    return not cfg.eval.grad_ics
+
+
 def stack_key(cfg: Config) -> tuple:
     """Everything that shapes the computation, as (field, value) pairs: configs with equal keys
     can share a stack. Seeds and the per-run scalars (lr, weight_decay, momentum, dropout rate,

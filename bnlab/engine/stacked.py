@@ -33,7 +33,7 @@ from torch import nn
 
 from bnlab.config import Config, TrainConfig
 from bnlab.data.tensors import Splits
-from bnlab.engine.compatible import stack_key
+from bnlab.engine.compatible import stack_key, stackable
 from bnlab.engine.model import (
     STREAM_DROPOUT,
     BatchNoise,
@@ -291,6 +291,8 @@ def train_stack(cfgs: Sequence[Config], splits: Splits, on_event: OnEvent | None
     """
     if not cfgs:
         raise ValueError("train_stack: no configs")
+    if not all(stackable(cfg) for cfg in cfgs):
+        raise ValueError("train_stack: eval.grad_ics runs train solo (bnlab.engine.compatible.stackable)")
     keys = [stack_key(cfg) for cfg in cfgs]
     for index, key in enumerate(keys):
         differing = [field for (field, ours), (_, theirs) in zip(key, keys[0], strict=True) if ours != theirs]

@@ -21,6 +21,7 @@ from bnlab import faults
 from bnlab.config import Config, TrainConfig
 from bnlab.data.tensors import Splits
 from bnlab.engine.evaluation import evaluate, final_evals
+from bnlab.engine.ics import gradient_ics, rng_state
 from bnlab.engine.model import STREAM_DATA_ORDER, STREAM_DROPOUT, build_model, generator, stream_seed
 from bnlab.engine.optim import ForeachSGD, FusedAdam
 from bnlab.engine.probes import PROBE_POINTS, PROBE_SAMPLES, PreActivationProbe, variance_shift
@@ -251,6 +252,8 @@ def train(cfg: Config, splits: Splits, on_event: OnEvent | None = None) -> RunRe
         for batch_index in range(schedule.steps_in_epoch(step)):
             indices = permutation[batch_index * cfg.train.batch_size : (batch_index + 1) * cfg.train.batch_size]
             xb, yb = gather_batch(splits, indices)
+            ics_now = cfg.eval.grad_ics and (step + 1) % book.probe_every == 0
+            replay = rng_state(device) if ics_now else None
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             optimizer.zero_grad()
@@ -259,6 +262,8 @@ def train(cfg: Config, splits: Splits, on_event: OnEvent | None = None) -> RunRe
             log_now, eval_now = schedule.logs(step), schedule.evaluates(step)
             if log_now:
                 grad_norm = _grad_norm(model)
+            if replay is not None:
+                book.result.layers += gradient_ics(model, optimizer, xb, yb, step, replay)
             optimizer.step()
             loss_sum += loss.detach() * len(yb)
             correct += (logits.detach().argmax(1) == yb).sum()

@@ -95,12 +95,13 @@ def plan_groups(configs: Sequence[Config], stack: str, max_stack: int) -> list[G
         return [Group((cfg,), stacked=False) for cfg in ordered]
     if stack != "auto":
         raise ConfigError(f"--stack: {stack!r} is not allowed; allowed: auto, off")
-    from bnlab.engine.compatible import stack_key
+    from bnlab.engine.compatible import stack_key, stackable
 
     buckets: dict[Any, list[Config]] = {}
+    groups = [Group((cfg,), stacked=False) for cfg in ordered if not stackable(cfg)]
     for cfg in ordered:
-        buckets.setdefault(stack_key(cfg), []).append(cfg)
-    groups = []
+        if stackable(cfg):
+            buckets.setdefault(stack_key(cfg), []).append(cfg)
     for members in buckets.values():
         members.sort(key=lambda c: (c.train.lr, c.train.weight_decay, c.train.momentum, c.run_id()))
         count = max(math.ceil(len(members) / max_stack), min(len(members) // MIN_STACK, MIN_STACKS))

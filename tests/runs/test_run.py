@@ -16,11 +16,14 @@ from typer.testing import CliRunner
 from bnlab.cli import app
 from bnlab.config import load_config
 from bnlab.data.tensors import load_dataset
+from bnlab.engine.ics import gradient_ics, rng_state
 from bnlab.engine.model import STREAM_EVAL_ORDER, build_model, generator
 from bnlab.engine.probes import PROBE_UNITS
-from bnlab.engine.train import epoch_order, train
+from bnlab.engine.stacked import train_stack
+from bnlab.engine.train import OPTIMIZERS, epoch_order, train
 from bnlab.records import read_finished, read_summary
 from bnlab.runs.runner import run
+from bnlab.runs.sweep import plan_groups
 
 RUN_FILES = {"config.yaml", "epochs.csv", "steps.csv", "probes.csv", "evals.csv", "summary.json", "model.pt",
              "plots"}
@@ -331,3 +334,54 @@ def test_variance_shift_is_running_variance_over_the_test_inputs_variance(tmp_pa
     assert shifts["before_bn"] > 1.2 and shifts["before_bn"] > shifts["after_bn"]
     plain = run(load_config(tiny_config, ["train.epochs=1"]), tmp_path / "plain")
     assert not (plain.folder / "layers.csv").exists() and read_finished(plain.folder).table("layers") == []
+
+
+def test_gradient_ics_leaves_the_run_as_it_was(tiny_config: Path) -> None:
+    """The probe replays the step on copies and rewinds the generators: the run's losses, masks,
+    noise and weights are exactly those of the same run without it."""
+    extra = ["model.dropout=0.3", "model.bn=before", "model.bn_noise=0.3", "train.log_every=2"]
+    splits = load_dataset(load_config(tiny_config).data, torch.device("cpu"))
+    probed = train(load_config(tiny_config, [*extra, "eval.grad_ics=true"]), splits)
+    plain = train(load_config(tiny_config, extra), splits)
+    assert [row["train_loss"] for row in probed.steps] == [row["train_loss"] for row in plain.steps]
+    assert all(torch.equal(probed.state_dict[name], tensor) for name, tensor in plain.state_dict.items())
+    steps = sorted({row["step"] for row in probed.layers})
+    assert len(steps) >= 5 and {row["layer"] for row in probed.layers} == {2, 3}  # two hidden layers + output
+    assert plain.layers == []
+
+
+def test_gradient_ics_matches_its_definition(tiny_config: Path) -> None:
+    """Plain SGD makes the update explicit, W1' = W1 - lr * G1: G2' recomputed by hand on the same
+    batch. With a vanishing lr the preceding layers barely move, so G' = G even with dropout and
+    noise (the masks and noise of the step are replayed)."""
+    cfg = load_config(tiny_config, ["model.hidden=[16]", "model.bn=none", "train.optimizer=sgd", "train.lr=0.5"])
+    splits = load_dataset(cfg.data, torch.device("cpu"))
+    model = build_model(cfg.model, 784, 10, cfg.seed)
+    optimizer = OPTIMIZERS["sgd"](model.parameters(), cfg.train)
+    x, y = splits.train_x[:32], splits.train_y[:32]
+    replay = rng_state(x.device)
+    F.cross_entropy(model(x), y).backward()
+    (row,) = gradient_ics(model, optimizer, x, y, 1, replay)
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        moved[0].weight -= 0.5 * model[0].weight.grad
+        moved[0].bias -= 0.5 * model[0].bias.grad
+    F.cross_entropy(moved(x), y).backward()
+    g, g_prime = model[2].weight.grad.flatten(), moved[2].weight.grad.flatten()
+    assert row["layer"] == 2
+    assert row["ics_l2"] == pytest.approx(torch.linalg.vector_norm(g - g_prime).item(), rel=1e-5)
+    assert row["ics_cos"] == pytest.approx(F.cosine_similarity(g, g_prime, dim=0).item(), rel=1e-6)
+    noisy = load_config(tiny_config, ["model.dropout=0.5", "model.bn_noise=1.0", "train.lr=1e-9", "eval.grad_ics=true",
+                                      "train.log_every=2"])
+    for layer in train(noisy, splits).layers:
+        assert layer["ics_l2"] < 1e-4 and layer["ics_cos"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_gradient_ics_runs_train_solo_in_a_sweep(tiny_config: Path) -> None:
+    cfgs = [load_config(tiny_config, [f"seed={seed}", *(["eval.grad_ics=true"] if seed < 2 else [])])
+            for seed in range(6)]
+    groups = plan_groups(cfgs, "auto", 10)
+    assert sorted(len(group.configs) for group in groups) == [1, 1, 4]
+    assert all(not group.stacked for group in groups if group.configs[0].eval.grad_ics)
+    with pytest.raises(ValueError, match="eval.grad_ics runs train solo"):
+        train_stack(cfgs[:2], load_dataset(cfgs[0].data, torch.device("cpu")))

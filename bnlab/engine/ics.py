@@ -1,0 +1,60 @@
+"""Santurkar et al.'s gradient view of internal covariate shift: how much a layer's gradient
+changes when the layers before it take their update first, on the same batch."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+
+def rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The generators the forward pass draws from (dropout, noisy BN), to replay a step exactly."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def gradient_ics(model: nn.Sequential, optimizer: Any, x: torch.Tensor, y: torch.Tensor, step: int,
+                 before_forward: tuple[torch.Tensor, torch.Tensor | None]) -> list[dict[str, Any]]:
+    """Per layer i >= 2 (the first has no layers before it): G, the gradient of the loss on this
+    batch with respect to W_i, as the step just computed it; G', the same gradient once W_1 to
+    W_{i-1} have taken this step's optimizer update and W_i onward have not; and ||G - G'||_2
+    and cos(G, G'). Call after backward, before optimizer.step(). The run itself is untouched:
+    the update happens on a copy, BN's running statistics are replayed on copies, and the random
+    generators are rewound to replay this step's dropout masks and noise, then restored.
+    Costs one optimizer step and, per layer, a forward and backward pass."""
+    device = x.device
+    after_forward = rng_state(device)
+    linears = [position for position, module in enumerate(model) if isinstance(module, nn.Linear)]
+    current = dict(model.named_parameters())
+    shadow_model, shadow_optimizer = copy.deepcopy((model, optimizer))
+    for name, parameter in shadow_model.named_parameters():  # deepcopy leaves gradients behind
+        parameter.grad = None if current[name].grad is None else current[name].grad.clone()
+    shadow_optimizer.step()
+    updated = {name: parameter.detach() for name, parameter in shadow_model.named_parameters()}
+    buffers = dict(model.named_buffers())
+    rows = []
+    try:
+        for layer, position in enumerate(linears[1:], start=2):
+            mixed = {name: updated[name] if int(name.split(".")[0]) < position else parameter
+                     for name, parameter in current.items()}
+            mixed |= {name: buffer.clone() for name, buffer in buffers.items()}
+            _set_rng_state(before_forward, device)
+            loss = F.cross_entropy(functional_call(model, mixed, (x,)), y)
+            weight = current[f"{position}.weight"]
+            moved = torch.autograd.grad(loss, weight)[0].flatten()
+            original = weight.grad.flatten()
+            rows.append({"step": step, "layer": layer, "ics_l2": torch.linalg.vector_norm(original - moved).item(),
+                         "ics_cos": F.cosine_similarity(original, moved, dim=0).item()})
+    finally:
+        _set_rng_state(after_forward, device)
+    return rows
