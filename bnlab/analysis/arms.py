@@ -25,7 +25,9 @@ class ArmRun:
     run: FinishedRun
 
     def at(self, where: dict[str, Any]) -> bool:
-        return all(self.cell.get(dotted) == value for dotted, value in where.items())
+        """Whether this member serves the cell values `where`; an axis the arm is not crossed with
+        is not in its cell, and any value of it is served by the same run."""
+        return all(self.cell[dotted] == value for dotted, value in where.items() if dotted in self.cell)
 
 
 def read_arm_runs(folder: Path, sweep: Sweep) -> list[ArmRun]:

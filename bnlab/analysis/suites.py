@@ -47,7 +47,10 @@ class Suite(Strict):
     base: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)  # shared axes, crossed with every arm
     # Arm name -> dotted field values; the reserved key `metric` makes an arm a measurement of the
-    # same runs instead (inference-stats compares evaluation modes of one model).
+    # same runs instead (inference-stats compares evaluation modes of one model), and
+    # `not_crossed: [axis, ...]` keeps an arm out of those grid axes (a no-dropout control has no
+    # dropout rate): it trains once per remaining cell and seed, and every value of the axis
+    # compares against those same runs.
     arms: dict[str, dict[str, Any]] = Field(min_length=2)
     # (A, B[, "secondary"]): B against A; the verdict rests on the pairs not marked secondary.
     compare: list[tuple[str, str] | tuple[str, str, Literal["secondary"]]] = Field(min_length=1)
@@ -84,9 +87,13 @@ def load_suite(path: Path) -> Suite:
                 raise ConfigError(f"{path}: compare: unknown arm {arm!r}; arms: {', '.join(suite.arms)}")
     axes = set(suite.grid).union(*(budget.grid for budget in suite.budgets.values()))
     for arm_name, arm in suite.arms.items():
-        for dotted in sorted(set(arm_fields(arm)) & axes):
+        outside = arm.get("not_crossed", [])
+        if not isinstance(outside, list) or not all(isinstance(axis, str) and axis in axes for axis in outside):
+            raise ConfigError(f"{path}: arms.{arm_name}.not_crossed: {outside!r} must list grid axes; axes: "
+                              f"{', '.join(sorted(axes)) or 'none'}")
+        for dotted in sorted((set(arm_fields(arm)) & axes) - set(outside)):
             raise ConfigError(f"{path}: arms.{arm_name}: sets {dotted}, which is also a grid axis; an arm may "
-                              "not set what the grid varies")
+                              "not set what the grid varies (unless the arm is not_crossed with it)")
     for dotted in suite.primary:
         if dotted not in (*suite.within, suite.nuisance):
             allowed = [*suite.within, *([suite.nuisance] if suite.nuisance else [])]
@@ -119,7 +126,8 @@ def suite_sweep(suite: Suite, budget: str, overrides: Sequence[str],
     generated_by: dict[str, str] = {}  # run id -> the first arm that generated it
     members = []
     for arm_name, arm in suite.arms.items():
-        for cell, seed, cfg in expand(base_raw, grid, plan.seeds, f"claim {suite.name}: arm {arm_name}",
+        crossed = {dotted: values for dotted, values in grid.items() if dotted not in arm.get("not_crossed", [])}
+        for cell, seed, cfg in expand(base_raw, crossed, plan.seeds, f"claim {suite.name}: arm {arm_name}",
                                       fixed=arm_fields(arm)):
             run_id = cfg.run_id()
             other = generated_by.setdefault(run_id, arm_name)
@@ -139,9 +147,13 @@ def suite_sweep(suite: Suite, budget: str, overrides: Sequence[str],
                  configs=list(configs.values())), members
 
 
+ARM_KEYS = ("metric", "not_crossed")  # what an arm says besides config fields
+
+
 def arm_fields(arm: dict[str, Any]) -> dict[str, Any]:
-    """The config fields an arm sets (its `metric`, if any, is how its runs are measured)."""
-    return {dotted: value for dotted, value in arm.items() if dotted != "metric"}
+    """The config fields an arm sets (its `metric` is how its runs are measured, `not_crossed`
+    the grid axes it stays out of)."""
+    return {dotted: value for dotted, value in arm.items() if dotted not in ARM_KEYS}
 
 
 def cell_label(values: dict[str, Any]) -> str:

@@ -174,7 +174,8 @@ def _suite(tmp_path: Path, tiny_mnist: Path, **fields: Any) -> Path:
     ("fields", "message"),
     [
         ({"arms": {"no-BN": {"model.bn": "none"}, "BN": {"model.bn": "after", "train.lr": 0.1}}},
-         "arms.BN: sets train.lr, which is also a grid axis; an arm may not set what the grid varies"),
+         "arms.BN: sets train.lr, which is also a grid axis; an arm may not set what the grid varies (unless the "
+         "arm is not_crossed with it)"),
         ({"primary": {"model.hidden": [16]}},
          "primary: model.hidden is neither a `within` axis nor the nuisance; allowed: train.lr"),
     ],
@@ -228,6 +229,41 @@ def test_a_best_value_at_the_grid_edge_is_flagged(tmp_path: Path, tiny_mnist: Pa
     # Two lrs: any best is at an edge, and says so in the flags and the sentence.
     assert len(best.flags) == 2 and all("is at the edge of its grid (0.003 to 0.01)" in f for f in best.flags)
     assert best.flags[0][0].upper() + best.flags[0][1:] in best.sentence
+
+
+CONTROL = {"grid": {"model.dropout": [0.2, 0.5]}, "nuisance": None, "within": ["model.dropout"],
+           "arms": {"no-dropout": {"model.dropout": 0.0, "not_crossed": ["model.dropout"]},
+                    "before": {"model.dropout_order": "before_bn"}, "after": {"model.dropout_order": "after_bn"}},
+           "compare": [["no-dropout", "after"], ["before", "after"]]}
+
+
+def test_a_control_not_crossed_with_an_axis_trains_once_and_serves_every_value(tmp_path: Path,
+                                                                             tiny_mnist: Path) -> None:
+    """The no-dropout control has no dropout rate: one run per seed, compared at each rate."""
+    suite = load_suite(_suite(tmp_path, tiny_mnist, **CONTROL))
+    sweep, members = suite_sweep(suite, "smoke", [], "")
+    assert len(sweep.configs) == 2 + 4 + 4  # the control once per seed, the others per rate and seed
+    assert {str(m["cell"]) for m in members if m["arm"] == "no-dropout"} == {"{}"}
+    result = _analyze(_suite(tmp_path, tiny_mnist, **CONTROL), tmp_path)
+    against_control = [c for c in result.comparisons if c.name_a == "no-dropout"]
+    assert [c.stratum for c in against_control] == [{"model.dropout": 0.2}, {"model.dropout": 0.5}]
+    control_runs = [[row["runs_a"] for row in c.per_seed] for c in against_control]
+    assert control_runs[0] == control_runs[1] and len(control_runs[0]) == 2
+    assert [[row["runs_b"] for row in c.per_seed] for c in against_control][0] != \
+        [[row["runs_b"] for row in c.per_seed] for c in against_control][1]
+
+
+@pytest.mark.parametrize(("not_crossed", "message"), [
+    (["train.lr"], "arms.no-dropout.not_crossed: ['train.lr'] must list grid axes; axes: model.dropout"),
+    ([], "arms.no-dropout: sets model.dropout, which is also a grid axis; an arm may not set what the grid varies "
+         "(unless the arm is not_crossed with it)"),
+])
+def test_not_crossed_names_grid_axes_only(tmp_path: Path, tiny_mnist: Path, not_crossed: list[str],
+                                          message: str) -> None:
+    arms = CONTROL["arms"] | {"no-dropout": {"model.dropout": 0.0, "not_crossed": not_crossed}}
+    path = _suite(tmp_path, tiny_mnist, **(CONTROL | {"arms": arms}))
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{path}: {message}") + "$"):
+        load_suite(path)
 
 
 def _comparison(label: str, outcome: str) -> Comparison:
