@@ -21,8 +21,16 @@ from bnlab.errors import ConfigError
 CLAIMS_DIR = Path(__file__).resolve().parents[1] / "claim_suites"  # package data: in the wheel too
 
 
+class MoreSeeds(Strict):
+    where: dict[str, Any] = Field(min_length=1)  # grid axis -> value: the cells that get them
+    seeds: list[int] = Field(min_length=1)
+
+
 class Budget(Strict):
     seeds: list[int] = Field(min_length=1)
+    # Extra seeds for some cells (every arm in them), where a rate test needs more runs than the
+    # rest of the grid: a comparison pairs the seeds both of its arms have.
+    more_seeds: list[MoreSeeds] = Field(default_factory=list)
     set: dict[str, Any] = Field(default_factory=dict)  # dotted field -> value, applied to the base
     grid: dict[str, list[Any]] = Field(default_factory=dict)  # replaces shared axes (e.g. fewer lrs)
 
@@ -94,6 +102,13 @@ def load_suite(path: Path) -> Suite:
         for dotted in sorted((set(arm_fields(arm)) & axes) - set(outside)):
             raise ConfigError(f"{path}: arms.{arm_name}: sets {dotted}, which is also a grid axis; an arm may "
                               "not set what the grid varies (unless the arm is not_crossed with it)")
+    for budget_name, budget in suite.budgets.items():
+        budget_axes = {**suite.grid, **budget.grid}
+        for index, extra in enumerate(budget.more_seeds):
+            for dotted, value in extra.where.items():
+                if value not in budget_axes.get(dotted, []):
+                    raise ConfigError(f"{path}: budgets.{budget_name}.more_seeds.{index}.where: {dotted}={value!r} is "
+                                      f"not a cell of the grid; axes: {budget_axes or 'none'}")
     for dotted in suite.primary:
         if dotted not in (*suite.within, suite.nuisance):
             allowed = [*suite.within, *([suite.nuisance] if suite.nuisance else [])]
@@ -128,7 +143,7 @@ def suite_sweep(suite: Suite, budget: str, overrides: Sequence[str],
     for arm_name, arm in suite.arms.items():
         crossed = {dotted: values for dotted, values in grid.items() if dotted not in arm.get("not_crossed", [])}
         for cell, seed, cfg in expand(base_raw, crossed, plan.seeds, f"claim {suite.name}: arm {arm_name}",
-                                      fixed=arm_fields(arm)):
+                                      fixed=arm_fields(arm), more_seeds=lambda cell: _more_seeds(plan, cell)):
             run_id = cfg.run_id()
             other = generated_by.setdefault(run_id, arm_name)
             # Only arms declared as measurements of the same runs (equal fields, each its own
@@ -145,6 +160,14 @@ def suite_sweep(suite: Suite, budget: str, overrides: Sequence[str],
     axes |= grid
     return Sweep(name=name, spec_text=spec_text, base=base, axes=axes, seeds=list(plan.seeds),
                  configs=list(configs.values())), members
+
+
+def _more_seeds(plan: Budget, cell: dict[str, Any]) -> list[int]:
+    """The extra seeds of the cells `cell` falls in; an axis the arm is not crossed with (absent
+    from its cell) matches, so a control gets the seeds its comparisons pair with."""
+    return [seed for extra in plan.more_seeds if all(cell.get(dotted, value) == value
+                                                     for dotted, value in extra.where.items())
+            for seed in extra.seeds]
 
 
 ARM_KEYS = ("metric", "not_crossed")  # what an arm says besides config fields

@@ -10,7 +10,7 @@ import copy
 import itertools
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,16 +120,19 @@ def grid_cells(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
 
 
 def expand(base_raw: Mapping[str, Any], axes: Mapping[str, Sequence[Any]], seeds: Sequence[int], source: str,
-           fixed: Mapping[str, Any] | None = None) -> list[tuple[dict[str, Any], int, Config]]:
+           fixed: Mapping[str, Any] | None = None,
+           more_seeds: Callable[[dict[str, Any]], Sequence[int]] | None = None,
+           ) -> list[tuple[dict[str, Any], int, Config]]:
     """(cell, seed, config) for every cell of `axes` and every seed (innermost): `base_raw` with the
-    `fixed` fields, then the cell's, then the seed set, validated. ConfigError naming `source`,
-    the cell and the seed on the first invalid combination."""
+    `fixed` fields, then the cell's, then the seed set, validated; `more_seeds(cell)` adds seeds
+    to some cells. ConfigError naming `source`, the cell and the seed on the first invalid one."""
     runs = []
     for cell in grid_cells(axes):
         raw = copy.deepcopy(dict(base_raw))
         for dotted, value in [*(fixed or {}).items(), *cell.items()]:
             set_dotted(raw, dotted.split("."), value)
-        for seed in seeds:
+        extra = [seed for seed in (more_seeds(cell) if more_seeds else []) if seed not in seeds]
+        for seed in [*seeds, *dict.fromkeys(extra)]:
             raw["seed"] = seed
             try:
                 runs.append((cell, seed, Config.model_validate(raw)))

@@ -266,6 +266,27 @@ def test_not_crossed_names_grid_axes_only(tmp_path: Path, tiny_mnist: Path, not_
         load_suite(path)
 
 
+def test_more_seeds_where_a_cell_needs_them(tmp_path: Path, tiny_mnist: Path) -> None:
+    """Cells at lr 0.01 get seeds 2 and 3 besides 0 and 1, in both arms: their comparison pairs
+    four seeds, the other lr's two; `best` pairs what both picks have."""
+    budgets = {name: {"seeds": [0, 1], "more_seeds": [{"where": {"train.lr": 0.01}, "seeds": [2, 3]}]}
+               for name in ("smoke", "quick", "full")}
+    path = _suite(tmp_path, tiny_mnist, budgets=budgets)
+    sweep, members = suite_sweep(load_suite(path), "smoke", [], "")
+    assert len(sweep.configs) == 2 * (2 + 4)
+    result = _analyze(path, tmp_path)
+    seeds = {c.label: [row["seed"] for row in c.per_seed] for c in result.comparisons}
+    assert seeds["train.lr=0.003"] == [0, 1] and seeds["train.lr=0.01"] == [0, 1, 2, 3]
+
+
+def test_more_seeds_name_a_cell_of_the_grid(tmp_path: Path, tiny_mnist: Path) -> None:
+    budgets = {"smoke": {"seeds": [0], "more_seeds": [{"where": {"train.lr": 0.1}, "seeds": [2]}]}}
+    path = _suite(tmp_path, tiny_mnist, budgets=budgets)
+    with pytest.raises(ConfigError, match=re.escape("budgets.smoke.more_seeds.0.where: train.lr=0.1 is not a cell "
+                                                    "of the grid; axes: {'train.lr': [0.003, 0.01]}")):
+        load_suite(path)
+
+
 def _comparison(label: str, outcome: str) -> Comparison:
     paired = paired_comparison([0.0, 0.0], [0.01, 0.02], 0.002)
     return Comparison(label, "no-BN", "BN", paired, Verdict(outcome, "x", None), "", primary=True)
