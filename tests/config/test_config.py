@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from bnlab.cli import app
@@ -168,3 +169,12 @@ def test_cli_import_is_light() -> None:
 def test_load_config_raises_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_the_readme_lists_every_field_with_its_default() -> None:
+    """The README's config block is the schema: a field added without it (or a default changed)
+    fails here, not in a reader's hands."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("```yaml\nname: bn-after-relu", 1)[1].split("```", 1)[0]
+    documented = yaml.safe_load("name: bn-after-relu" + block)
+    assert documented == Config(name="bn-after-relu").model_dump()
