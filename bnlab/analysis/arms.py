@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnlab.analysis.suites import cell_label
+from bnlab.analysis.suites import cell_label, serves
 from bnlab.config.spec import Sweep
 from bnlab.errors import RecordsError
 from bnlab.records import FinishedRun, arms_path, finished_run, read_arms
@@ -25,9 +25,7 @@ class ArmRun:
     run: FinishedRun
 
     def at(self, where: dict[str, Any]) -> bool:
-        """Whether this member serves the cell values `where`; an axis the arm is not crossed with
-        is not in its cell, and any value of it is served by the same run."""
-        return all(self.cell[dotted] == value for dotted, value in where.items() if dotted in self.cell)
+        return serves(self.cell, where)
 
 
 def read_arm_runs(folder: Path, sweep: Sweep) -> list[ArmRun]:

@@ -162,12 +162,15 @@ def suite_sweep(suite: Suite, budget: str, overrides: Sequence[str],
                  configs=list(configs.values())), members
 
 
+def serves(cell: dict[str, Any], where: dict[str, Any]) -> bool:
+    """Whether an arm's grid cell serves the values `where`. An axis the arm is not crossed with
+    is absent from its cell, and any value of it is served by the same run."""
+    return all(cell[dotted] == value for dotted, value in where.items() if dotted in cell)
+
+
 def _more_seeds(plan: Budget, cell: dict[str, Any]) -> list[int]:
-    """The extra seeds of the cells `cell` falls in; an axis the arm is not crossed with (absent
-    from its cell) matches, so a control gets the seeds its comparisons pair with."""
-    return [seed for extra in plan.more_seeds if all(cell.get(dotted, value) == value
-                                                     for dotted, value in extra.where.items())
-            for seed in extra.seeds]
+    """The extra seeds of the cells `cell` serves, so a control gets the seeds its comparisons pair with."""
+    return [seed for extra in plan.more_seeds if serves(cell, extra.where) for seed in extra.seeds]
 
 
 ARM_KEYS = ("metric", "not_crossed")  # what an arm says besides config fields

@@ -56,11 +56,11 @@ def read_sweep_record(folder: Path) -> SweepRecord | None:
         state = read_json(path)
         return SweepRecord(str(state.get("name", folder.name)), validate(state["base"], str(path)),
                            list(state.get("axes", [])), list(state.get("seeds", [])))
-    except (FileNotFoundError, UnreadableRecord):
-        if (folder / SWEEP_STATE).exists():
-            raise
+    except FileNotFoundError:
         return None
-    except (KeyError, TypeError, BnlabError):
+    except UnreadableRecord:
+        raise  # it may be whole: never call it damaged
+    except (KeyError, TypeError, AttributeError, BnlabError):  # AttributeError: JSON that is not an object
         raise RecordsError(f"{path}: damaged; move it away to treat the folder as a new sweep") from None
 
 
