@@ -1,4 +1,4 @@
-"""A claim sweep read back by arm: each (arm, grid cell, seed) with the finished run that serves
+"""A claim sweep read back by arm: each (panel, arm, grid cell, seed) with the finished run that serves
 it, as arms.csv records it, and the per-run values the decision rules compare."""
 
 from __future__ import annotations
@@ -11,18 +11,19 @@ from typing import Any
 from bnlab.analysis.suites import cell_label, serves
 from bnlab.config.spec import Sweep
 from bnlab.errors import RecordsError
-from bnlab.records import FinishedRun, arms_path, finished_run, read_arms
+from bnlab.records import MAIN_PANEL, FinishedRun, arms_path, finished_run, read_arms
 
 
 @dataclass(frozen=True)
 class ArmRun:
-    """One (arm, grid cell, seed) of a claim sweep and the run that serves it, as arms.csv records
-    it: the analysis selects by this record, never by matching config fields."""
+    """One (panel, arm, grid cell, seed) of a claim sweep and the run that serves it, as arms.csv
+    records it: the analysis selects by this record, never by matching config fields."""
 
     arm: str
     cell: dict[str, Any]  # grid axis -> value
     seed: int
     run: FinishedRun
+    panel: str = MAIN_PANEL
 
     def at(self, where: dict[str, Any]) -> bool:
         return serves(self.cell, where)
@@ -35,7 +36,8 @@ def read_arm_runs(folder: Path, sweep: Sweep) -> list[ArmRun]:
     runs: dict[str, FinishedRun] = {}
     members = []
     for row in read_arms(folder):
-        run_id, where = row["run_id"], f"arm {row['arm']}, {cell_label(row['cell'])}, seed {row['seed']}"
+        panel = "" if row["panel"] == MAIN_PANEL else f"panel {row['panel']}, "
+        run_id, where = row["run_id"], f"{panel}arm {row['arm']}, {cell_label(row['cell'])}, seed {row['seed']}"
         if run_id not in run_ids:
             raise RecordsError(f"{arms_path(folder)}: {where}: run {run_id} is not a run of this suite's sweep")
         if run_id not in runs:
@@ -43,7 +45,7 @@ def read_arm_runs(folder: Path, sweep: Sweep) -> list[ArmRun]:
             if run is None:
                 raise RecordsError(f"{folder / run_id}: {where}: the run has not finished")
             runs[run_id] = run
-        members.append(ArmRun(row["arm"], row["cell"], row["seed"], runs[run_id]))
+        members.append(ArmRun(row["arm"], row["cell"], row["seed"], runs[run_id], row["panel"]))
     return members
 
 

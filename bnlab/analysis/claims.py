@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bnlab.analysis.arms import first_reach, metric_value, read_arm_runs
 from bnlab.analysis.compare import Comparison
+from bnlab.analysis.contrast import contrast_comparisons
 from bnlab.analysis.rules import FORGIVING_TOLERANCE, RULES
-from bnlab.analysis.suites import Rule, Suite
+from bnlab.analysis.suites import MAIN, Rule, Suite
 from bnlab.config import cell_values
 from bnlab.config.spec import Sweep
 from bnlab.errors import ConfigError
@@ -84,27 +85,30 @@ def _literature_note(suite: Suite, outcome: str) -> str:
 
 
 def runs_table(suite: Suite, sweep: Sweep, folder: Path, comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
-    """runs.csv of a finding: one row per (arm, run), i.e. every run an arm uses, once: its id,
-    arm, dataset, seed, every config field an arm or grid sets (lists as JSON), status, val_acc,
-    test_acc and every metric a comparison of that arm reads (steps with `censored`). A metric
-    of a run that did not train is left empty: no comparison uses it."""
-    metrics: dict[str, set[str]] = {}
+    """runs.csv of a finding: one row per (panel, arm, run), i.e. every run an arm uses in a panel,
+    once: its id, panel, arm, dataset, seed, every config field an arm, a grid or a panel's base
+    sets (lists as JSON), status, val_acc, test_acc and every metric a comparison, contrast term
+    or guard of that arm reads (steps with `censored`). A metric of a run that did not train is
+    left empty: no comparison uses it."""
+    metrics: dict[tuple[str, str], set[str]] = {}
     for c in comparisons:
-        for arm, metric in zip((c.name_a, c.name_b), c.metrics, strict=True):
-            metrics.setdefault(arm, set()).add(metric)
+        sides = [(t["panel"], t["arm"], c.metrics[0]) for t in c.terms] or [
+            (c.panel, arm, metric) for arm, metric in zip((c.name_a, c.name_b), c.metrics, strict=True)]
+        for panel, arm, metric in sides:
+            metrics.setdefault((panel, arm), set()).update([metric, *([c.guard["metric"]] if c.guard else [])])
     target = suite.rule.target or 0.97
     rows, seen = [], set()
     for member in read_arm_runs(folder, sweep):
-        run = member.run
-        if member.arm not in metrics or (member.arm, run.folder.name) in seen:
+        run, key = member.run, (member.panel, member.arm)
+        if key not in metrics or (*key, run.folder.name) in seen:
             continue
-        seen.add((member.arm, run.folder.name))
+        seen.add((*key, run.folder.name))
         fields = {dotted: json.dumps(value) if isinstance(value, list) else value
                   for dotted, value in cell_values(run.config, list(sweep.axes)).items()}
-        row = {"run_id": run.folder.name, "arm": member.arm, "dataset": run.config.data.dataset,
-               "seed": member.seed, **fields, "status": run.status, "val_acc": run.final.get("val_acc"),
-               "test_acc": run.final.get("test_acc")}
-        for metric in sorted(metrics[member.arm] - {"val_acc", "test_acc", "forgiving"}):
+        row = {"run_id": run.folder.name, "panel": member.panel, "arm": member.arm,
+               "dataset": run.config.data.dataset, "seed": member.seed, **fields, "status": run.status,
+               "val_acc": run.final.get("val_acc"), "test_acc": run.final.get("test_acc")}
+        for metric in sorted(metrics[key] - {"val_acc", "test_acc", "forgiving"}):
             if metric == "steps":
                 steps, reached = first_reach(run, target)
                 row |= {"steps": steps, "censored": run.trained and not reached}
@@ -116,7 +120,11 @@ def runs_table(suite: Suite, sweep: Sweep, folder: Path, comparisons: Sequence[C
 
 def comparison_record(c: Comparison, rule: Rule) -> dict[str, Any]:
     """One comparison as verdict.json keeps it (docs/claims.md, "Comparison kinds")."""
-    record: dict[str, Any] = {"a": c.name_a, "b": c.name_b, "kind": c.kind, "label": c.label}
+    record: dict[str, Any] = {}
+    if c.kind == "contrast":  # its metric is written below, as a paired difference's is
+        record |= {"name": c.name_b, "kind": c.kind, "label": c.label, "panel": c.panel, "terms": list(c.terms)}
+    else:
+        record |= {"a": c.name_a, "b": c.name_b, "kind": c.kind, "label": c.label, "panel": c.panel}
     if c.kind == "fraction":
         record |= {"metric": "val_acc", "tolerance": FORGIVING_TOLERANCE}
     elif c.kind == "log_ratio":
@@ -126,22 +134,41 @@ def comparison_record(c: Comparison, rule: Rule) -> dict[str, Any]:
     else:
         record |= {"metric_a": c.metrics[0], "metric_b": c.metrics[1]}
     p, rates = c.paired, c.rates
-    record |= {"stratum": c.stratum, "selection": c.selection, "primary": c.primary, "margin": rule.margin,
-               "direction": rule.direction, "per_seed": c.per_seed, "n": p.n, "n_dropped": c.n_dropped,
-               "mean": p.diff_mean, "ci": list(p.ci95), "ci90": list(p.ci90), "outcome": c.verdict.outcome,
-               "reason": c.verdict.reason, "seeds_to_settle": c.verdict.seeds_needed, "flags": list(c.flags)}
+    record |= {"stratum": c.stratum, "selection": c.selection, "primary": c.primary,
+               "margin": rule.margin if c.margin is None else c.margin,
+               "direction": rule.direction if c.direction is None else c.direction, "per_seed": c.per_seed, "n": p.n,
+               "n_dropped": c.n_dropped, "mean": p.diff_mean, "ci": list(p.ci95), "ci90": list(p.ci90),
+               "outcome": c.verdict.outcome, "reason": c.verdict.reason, "seeds_to_settle": c.verdict.seeds_needed,
+               "flags": list(c.flags)}
     if rates is not None:
         record["failures"] = {"a": rates.failures_a, "total_a": rates.total_a, "b": rates.failures_b,
                               "total_b": rates.total_b, "ci_a": list(rates.ci_a), "ci_b": list(rates.ci_b),
                               "fisher_p": rates.p_value, "smallest_reachable_p": rates.min_p,
                               "runs_a": sorted({r for row in c.per_seed for r in row["runs_a"]}),
                               "runs_b": sorted({r for row in c.per_seed for r in row["runs_b"]})}
+    if c.guard is not None:
+        record["guard"] = c.guard
     return record
 
 
 def analyze(suite: Suite, sweep: Sweep, folder: Path, budget: str, command: str,
             wall_seconds: float | None = None) -> ClaimResult:
-    comparisons, tables = RULES[suite.rule.name](suite, sweep, read_arm_runs(folder, sweep))
+    members = read_arm_runs(folder, sweep)
+    comparisons: list[Comparison] = []
+    tables: list[tuple[str, Any]] = []
+    axes = {name: {**sweep.axes, **suite.panel_grid(name, budget)} for name in suite.panel_names()}
+    for name in suite.panel_names():
+        view = suite.view(name)
+        if not view.compare:
+            continue
+        found, extra = RULES[suite.rule.name](view, replace(sweep, axes=axes[name]),
+                                              [m for m in members if m.panel == name])
+        if name != MAIN:
+            found = [replace(c, panel=name, label=f"panel {name}: {c.label}") for c in found]
+            extra = [(f"Panel {name}: {title}", frame) for title, frame in extra]
+        comparisons += found
+        tables += extra
+    comparisons += contrast_comparisons(suite, axes, members)
     primary = [c for c in comparisons if c.primary]
     if not primary:
         raise ConfigError(f"claim {suite.name}: primary {suite.primary or '(each arm at its best)'} matches no "

@@ -18,14 +18,16 @@ from bnlab.analysis.stats import (
     rate_comparison,
     verdict,
 )
-from bnlab.analysis.suites import Rule, Suite, cell_label
+from bnlab.analysis.suites import Guard, Suite, cell_label
 from bnlab.config.spec import Sweep, grid_cells
 from bnlab.errors import ConfigError
+from bnlab.records import MAIN_PANEL
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """One paired comparison of arm B against arm A (e.g. within relu, at each arm's best lr)."""
+    """One paired comparison of arm B against arm A (e.g. within relu, at each arm's best lr), or a
+    contrast over several (panel, arm, cell) terms (name_b its name, name_a empty)."""
 
     label: str  # e.g. "model.activation=relu, train.lr=0.001" or "..., each arm at its best train.lr"
     name_a: str
@@ -43,11 +45,16 @@ class Comparison:
     stratum: dict[str, Any] = field(default_factory=dict)  # grid axis -> value held fixed
     selection: dict[str, Any] = field(default_factory=lambda: {"selection": "fixed"})
     per_seed: list[dict[str, Any]] = field(default_factory=list)  # seed, value_a, value_b, runs_a, runs_b
+    panel: str = MAIN_PANEL
+    guard: dict[str, Any] | None = None  # a guarded rule's check on the same runs (guard_check)
+    terms: tuple[dict[str, Any], ...] = ()  # a contrast's (panel, arm, cell, weight) terms
+    margin: float | None = None  # a contrast's own margin and direction, where not the rule's
+    direction: int | None = None
 
 
 Value = Callable[[ArmRun, str], float]
 RunsOf = Callable[[ArmRun], list[str]]
-KINDS = ("paired_difference", "log_ratio", "fraction")
+KINDS = ("paired_difference", "log_ratio", "fraction", "contrast")
 BEST_CRITERION = "the highest mean validation accuracy over the arm's runs that trained"
 
 
@@ -76,7 +83,7 @@ def mean_val(members: list[ArmRun]) -> float:
     return sum(finite) / len(finite) if finite else -math.inf
 
 
-def _best_nuisance(members: list[ArmRun], nuisance: str, values: list[Any]) -> Any:
+def best_nuisance(members: list[ArmRun], nuisance: str, values: list[Any]) -> Any:
     """The nuisance value with the best mean validation accuracy: chosen on val, never on test."""
     return max(values, key=lambda value: mean_val([m for m in members if m.cell.get(nuisance) == value]))
 
@@ -114,7 +121,7 @@ def compare_arms(suite: Suite, sweep: Sweep, members: list[ArmRun], value: Value
                     picks = {}
                     for arm in (a_name, b_name):
                         in_stratum = [m for m in members if m.arm == arm and m.at(stratum)]
-                        picks[arm] = _best_nuisance(in_stratum, suite.nuisance, candidates)
+                        picks[arm] = best_nuisance(in_stratum, suite.nuisance, candidates)
                         flags.append(_edge_flag(arm, suite.nuisance, picks[arm], candidates))
                     chosen_a = per_seed(members, a_name, {**stratum, suite.nuisance: picks[a_name]})
                     chosen_b = per_seed(members, b_name, {**stratum, suite.nuisance: picks[b_name]})
@@ -158,8 +165,14 @@ def _compare(suite: Suite, facts: Comparison, chosen_a: dict[int, ArmRun], chose
     failed_a = sum(not trained[run_id] for run_id in counted_a)
     failed_b = sum(not trained[run_id] for run_id in counted_b)
     rates = rate_comparison(failed_a, len(counted_a), failed_b, len(counted_b))
-    sentence = plain_words(paired, outcome, name_a=a_name, name_b=b_name, metric=_metric_words(rule),
+    sentence = plain_words(paired, outcome, name_a=a_name, name_b=b_name, metric=metric_words(rule.metric),
                            unit=rule.unit, scale=rule.scale, margin=rule.margin, direction=rule.direction)
+    guard = None
+    if rule.guard is not None and facts.kind == "paired_difference":
+        guard = guard_check(rule.guard, [{"seed": s, "value_a": value(chosen_a[s], rule.guard.metric),
+                                          "value_b": value(chosen_b[s], rule.guard.metric)} for s in seeds])
+        outcome = guarded(outcome, guard["outcome"])
+        sentence += " " + guard_words(rule.guard, guard, a_name, b_name, outcome)
     n_dropped = len(seeds) - paired.n
     notes = list(flags)
     if failed_a or failed_b:
@@ -170,7 +183,49 @@ def _compare(suite: Suite, facts: Comparison, chosen_a: dict[int, ArmRun], chose
     if notes:
         sentence += " " + " ".join(f"{note[0].upper()}{note[1:]}." for note in notes)
     return replace(facts, paired=paired, verdict=outcome, sentence=sentence, rates=rates, n_dropped=n_dropped,
-                   per_seed=per_seed)
+                   per_seed=per_seed, guard=guard)
+
+
+def guard_check(guard: Guard, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The guarding metric's paired difference B - A on the comparison's own runs, and whether a
+    move against the guard's direction by its margin or more is excluded (`holds`: the 95% CI's
+    end on that side stays short of it), established (`fails`: the whole CI is beyond it) or
+    neither (`unsettled`)."""
+    paired = paired_comparison([row["value_a"] for row in per_seed], [row["value_b"] for row in per_seed],
+                               guard.margin)
+    outcome = "unsettled"
+    if paired.n >= 2:
+        low, high = sorted(guard.direction * x for x in paired.ci95)
+        outcome = "holds" if low > -guard.margin else "fails" if high < -guard.margin else "unsettled"
+    return {"metric": guard.metric, "margin": guard.margin, "direction": guard.direction, "per_seed": per_seed,
+            "n": paired.n, "mean": paired.diff_mean, "ci": list(paired.ci95), "outcome": outcome}
+
+
+def guarded(outcome: Verdict, guard: str) -> Verdict:
+    """A guarded rule's verdict: not supported when the guard fails; supported only when the
+    comparison is and the guard holds; otherwise what the comparison says, or inconclusive where
+    the guard is unsettled under a supported comparison."""
+    if guard == "fails":
+        return Verdict("not supported", "guard fails", None)
+    if outcome.outcome == "supported" and guard != "holds":
+        return Verdict("inconclusive", "guard unsettled", None)
+    return outcome
+
+
+def guard_words(guard: Guard, record: dict[str, Any], a_name: str, b_name: str, outcome: Verdict) -> str:
+    if record["n"] < 2:
+        return f"Guard ({guard.metric}): fewer than 2 paired seeds, so it cannot be checked."
+    move = "drop" if guard.direction > 0 else "rise"
+    low, high = (f"{x * guard.scale:.2f}" for x in record["ci"])
+    head = (f"Guard: {guard.metric} of {b_name} minus {a_name} is {record['mean'] * guard.scale:.2f} {guard.unit} "
+            f"(95% CI {low} to {high})")
+    size = f"{guard.margin * guard.scale:g} {guard.unit}"
+    if record["outcome"] == "holds":
+        return f"{head}: a {move} of {size} or more is excluded, so the guard holds."
+    if record["outcome"] == "fails":
+        return f"{head}: a {move} of at least {size} is established, so the claim is not supported here."
+    tail = ", so the claim cannot be called supported here" if outcome.reason == "guard unsettled" else ""
+    return f"{head}: a {move} of {size} or more is neither excluded nor established{tail}."
 
 
 def _rate_words(a_name: str, b_name: str, rates: RateComparison) -> str:
@@ -195,10 +250,10 @@ def _is_primary(suite: Suite, stratum: dict[str, Any], setting: Any) -> bool:
     return not (suite.nuisance and suite.nuisance not in suite.primary and setting != "best")
 
 
-def _metric_words(rule: Rule) -> str:
+def metric_words(metric: str) -> str:
     words = {"test_acc": "test accuracy", "val_acc": "validation accuracy", "gap": "train-test accuracy gap",
              "test_loss": "test loss", "steps": "log steps to target", "forgiving": "fraction of forgiving cells"}
-    if rule.metric.startswith("eval:"):
-        _, mode, size = rule.metric.split(":")
+    if metric.startswith("eval:"):
+        _, mode, size = metric.split(":")
         return f"test accuracy with {mode} statistics at eval batch {size}"
-    return words.get(rule.metric, rule.metric)
+    return words.get(metric, metric)

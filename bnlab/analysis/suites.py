@@ -17,13 +17,23 @@ from pydantic import Field, ValidationError
 from bnlab.config import Config, Strict, apply_overrides, describe, read_yaml_mapping, set_dotted
 from bnlab.config.spec import Sweep, expand
 from bnlab.errors import ConfigError
+from bnlab.records import MAIN_PANEL
 
 CLAIMS_DIR = Path(__file__).resolve().parents[1] / "claim_suites"  # package data: in the wheel too
+MAIN = MAIN_PANEL  # the panel that the suite's own grid, compare, within, nuisance and primary describe
+
+Pair = tuple[str, str] | tuple[str, str, Literal["secondary"]]  # (A, B[, "secondary"]): B against A
 
 
 class MoreSeeds(Strict):
     where: dict[str, Any] = Field(min_length=1)  # grid axis -> value: the cells that get them
     seeds: list[int] = Field(min_length=1)
+    panel: str = MAIN
+
+
+class PanelBudget(Strict):
+    set: dict[str, Any] = Field(default_factory=dict)  # applied after the panel's own `set`
+    grid: dict[str, list[Any]] = Field(default_factory=dict)  # replaces the panel's axes
 
 
 class Budget(Strict):
@@ -33,6 +43,18 @@ class Budget(Strict):
     more_seeds: list[MoreSeeds] = Field(default_factory=list)
     set: dict[str, Any] = Field(default_factory=dict)  # dotted field -> value, applied to the base
     grid: dict[str, list[Any]] = Field(default_factory=dict)  # replaces shared axes (e.g. fewer lrs)
+    panels: dict[str, PanelBudget] = Field(default_factory=dict)  # the same, per panel
+
+
+class Guard(Strict):
+    """A guarded rule: a comparison is supported only if, on the same runs, `metric` does not move
+    against `direction` by `margin` or more (docs/claims.md, "Guarded rules")."""
+
+    metric: str
+    margin: float = Field(gt=0)
+    direction: Literal[1, -1] = 1  # +1: the guarding metric must not drop; -1: must not rise
+    unit: str = "pp"
+    scale: float = 100.0
 
 
 class Rule(Strict):
@@ -44,6 +66,39 @@ class Rule(Strict):
     scale: float = 100.0  # metric -> unit (accuracy fraction -> percentage points)
     target: float | None = None  # steps_to_target: validation accuracy to reach
     ratio: float | None = None  # stable_lr: B's largest stable lr at least this many times A's
+    guard: Guard | None = None  # paired_difference only
+
+
+class Panel(Strict):
+    """A sub-experiment with its own changes to the base, its own grid and comparisons, and the
+    suite's arms it runs (all by default). A run two panels generate alike trains once."""
+
+    set: dict[str, Any] = Field(default_factory=dict)  # dotted field -> value, applied to the base
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    arms: list[str] | None = None
+    compare: list[Pair] = Field(default_factory=list)
+    within: list[str] = Field(default_factory=list)
+    nuisance: str | None = None
+    primary: dict[str, Any] = Field(default_factory=dict)
+
+
+class Term(Strict):
+    arm: str
+    panel: str = MAIN
+    where: dict[str, Any] = Field(default_factory=dict)  # the cell; the nuisance may be "best"
+    weight: float
+
+
+class Contrast(Strict):
+    """A weighted sum over (panel, arm, cell) terms, per seed, judged like a paired difference:
+    BN's loss from batch 64 to batch 4 minus the control's is +1, -1, -1, +1 over four terms."""
+
+    name: str
+    terms: list[Term] = Field(min_length=2)
+    metric: str | None = None  # the rule's by default
+    margin: float | None = Field(default=None, gt=0)  # the rule's by default
+    direction: Literal[1, -1] | None = None  # the rule's by default
+    secondary: bool = False  # a primary comparison unless marked secondary
 
 
 class Suite(Strict):
@@ -60,17 +115,52 @@ class Suite(Strict):
     # dropout rate): it trains once per remaining cell and seed, and every value of the axis
     # compares against those same runs.
     arms: dict[str, dict[str, Any]] = Field(min_length=2)
-    # (A, B[, "secondary"]): B against A; the verdict rests on the pairs not marked secondary.
-    compare: list[tuple[str, str] | tuple[str, str, Literal["secondary"]]] = Field(min_length=1)
+    # B against A, per seed; the verdict rests on the pairs not marked secondary.
+    compare: list[Pair] = Field(default_factory=list)
     within: list[str] = Field(default_factory=list)  # separate comparisons per value of these axes
     nuisance: str | None = None  # an axis tuned away: also compare each arm at its best value on val
     primary: dict[str, Any] = Field(default_factory=dict)  # within/nuisance values ("best") of the verdict
     rule: Rule
+    panels: dict[str, Panel] = Field(default_factory=dict)  # sub-experiments beside the main one
+    contrasts: list[Contrast] = Field(default_factory=list)  # within or across panels
     budgets: dict[Literal["full", "quick", "smoke"], Budget]
     deviations: list[str] = Field(default_factory=list)
 
+    def panel(self, name: str) -> Panel:
+        """A panel by name; the suite's own grid and comparisons are the panel `main`."""
+        if name != MAIN:
+            return self.panels[name]
+        return Panel(grid=self.grid, compare=self.compare, within=self.within, nuisance=self.nuisance,
+                     primary=self.primary)
+
+    def panel_names(self) -> list[str]:
+        return [MAIN, *self.panels]
+
+    def panel_arms(self, name: str) -> list[str]:
+        chosen = self.panel(name).arms
+        return list(self.arms) if chosen is None else chosen
+
+    def panel_grid(self, name: str, budget: str) -> dict[str, list[Any]]:
+        plan = self.budgets[budget]
+        if name == MAIN:
+            return {**self.grid, **plan.grid}
+        return {**self.panels[name].grid, **(plan.panels[name].grid if name in plan.panels else {})}
+
+    def view(self, name: str) -> Suite:
+        """Panel `name` as a suite of its own, for the rules that compare arms within one grid."""
+        panel = self.panel(name)
+        return self.model_copy(update={"grid": panel.grid, "compare": panel.compare, "within": panel.within,
+                                       "nuisance": panel.nuisance, "primary": panel.primary, "panels": {},
+                                       "contrasts": [], "arms": {arm: self.arms[arm] for arm in
+                                                                 self.panel_arms(name)}})
+
 
 def suite_path(name: str) -> Path:
+    """A shipped suite by name, or a suite file of the user's own (a path ending in .yaml)."""
+    if name.endswith((".yaml", ".yml")):
+        if not Path(name).is_file():
+            raise ConfigError(f"{name}: no such suite file")
+        return Path(name)
     path = CLAIMS_DIR / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(f"claim {name!r}: no such suite; available: {', '.join(suite_names())}")
@@ -89,77 +179,159 @@ def load_suite(path: Path) -> Suite:
         first = err.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise ConfigError(f"{path}: {where}: {first['msg'].removeprefix('Value error, ')}") from None
-    for pair in suite.compare:
-        for arm in pair[:2]:
-            if arm not in suite.arms:
-                raise ConfigError(f"{path}: compare: unknown arm {arm!r}; arms: {', '.join(suite.arms)}")
-    axes = set(suite.grid).union(*(budget.grid for budget in suite.budgets.values()))
-    for arm_name, arm in suite.arms.items():
-        outside = arm.get("not_crossed", [])
-        if not isinstance(outside, list) or not all(isinstance(axis, str) and axis in axes for axis in outside):
-            raise ConfigError(f"{path}: arms.{arm_name}.not_crossed: {outside!r} must list grid axes; axes: "
-                              f"{', '.join(sorted(axes)) or 'none'}")
-        for dotted in sorted((set(arm_fields(arm)) & axes) - set(outside)):
-            raise ConfigError(f"{path}: arms.{arm_name}: sets {dotted}, which is also a grid axis; an arm may "
-                              "not set what the grid varies (unless the arm is not_crossed with it)")
+    if MAIN in suite.panels:
+        raise ConfigError(f"{path}: panels.{MAIN}: reserved for the suite's own grid and comparisons; rename it")
+    if not (suite.compare or suite.contrasts or any(panel.compare for panel in suite.panels.values())):
+        raise ConfigError(f"{path}: compare: empty, and no panel compares or contrast; give at least one")
+    for name in suite.panel_names():
+        _check_panel(path, suite, name)
     for budget_name, budget in suite.budgets.items():
-        budget_axes = {**suite.grid, **budget.grid}
+        for panel_name in budget.panels:
+            _known(path, f"budgets.{budget_name}.panels", panel_name, suite.panel_names(), "panels")
         for index, extra in enumerate(budget.more_seeds):
+            where = f"budgets.{budget_name}.more_seeds.{index}"
+            _known(path, f"{where}.panel", extra.panel, suite.panel_names(), "panels")
+            budget_axes = suite.panel_grid(extra.panel, budget_name)
             for dotted, value in extra.where.items():
                 if value not in budget_axes.get(dotted, []):
-                    raise ConfigError(f"{path}: budgets.{budget_name}.more_seeds.{index}.where: {dotted}={value!r} is "
-                                      f"not a cell of the grid; axes: {budget_axes or 'none'}")
-    for dotted in suite.primary:
-        if dotted not in (*suite.within, suite.nuisance):
-            allowed = [*suite.within, *([suite.nuisance] if suite.nuisance else [])]
-            raise ConfigError(f"{path}: primary: {dotted} is neither a `within` axis nor the nuisance; allowed: "
-                              f"{', '.join(allowed) or 'none'}")
+                    raise ConfigError(f"{path}: {where}.where: {dotted}={value!r} is not a cell of panel "
+                                      f"{extra.panel}'s grid; axes: {budget_axes or 'none'}")
+    for index, contrast in enumerate(suite.contrasts):
+        for number, term in enumerate(contrast.terms):
+            where = f"contrasts.{index}.terms.{number}"
+            _known(path, f"{where}.panel", term.panel, suite.panel_names(), "panels")
+            _known(path, f"{where}.arm", term.arm, suite.panel_arms(term.panel), f"panel {term.panel}'s arms")
+            nuisance = suite.panel(term.panel).nuisance
+            axes = _panel_axes(suite, term.panel)
+            for dotted, value in term.where.items():
+                if dotted not in axes:
+                    raise ConfigError(f"{path}: {where}.where: {dotted} is not an axis of panel {term.panel}; "
+                                      f"axes: {', '.join(sorted(axes)) or 'none'}")
+                if value == "best" and dotted != nuisance:
+                    raise ConfigError(f"{path}: {where}.where: {dotted}=best: only the panel's nuisance "
+                                      f"({nuisance or 'none'}) can be chosen at its best")
+    if suite.rule.guard is not None and suite.rule.name != "paired_difference":
+        raise ConfigError(f"{path}: rule.guard: guards paired_difference only, not {suite.rule.name}")
     return suite
+
+
+def _panel_axes(suite: Suite, name: str) -> set[str]:
+    """Every axis panel `name` varies at some budget."""
+    return set(suite.panel(name).grid).union(*(budget.panels[name].grid if name in budget.panels else
+                                              budget.grid if name == MAIN else {}
+                                              for budget in suite.budgets.values()))
+
+
+def _known(path: Path, where: str, name: str, allowed: Sequence[str], what: str) -> None:
+    if name not in allowed:
+        raise ConfigError(f"{path}: {where}: unknown {name!r}; {what}: {', '.join(allowed)}")
+
+
+def _check_panel(path: Path, suite: Suite, name: str) -> None:
+    """A panel's arms, comparisons and primary refer to what it has; an arm sets no axis it varies."""
+    panel, prefix = suite.panel(name), "" if name == MAIN else f"panels.{name}."
+    for arm in panel.arms or []:
+        _known(path, f"{prefix}arms", arm, list(suite.arms), "arms")
+    arms = suite.panel_arms(name)
+    for pair in panel.compare:
+        for arm in pair[:2]:
+            _known(path, f"{prefix}compare", arm, arms, "arms" if name == MAIN else f"panel {name}'s arms")
+    all_axes = set().union(*(_panel_axes(suite, other) for other in suite.panel_names()))
+    axes = _panel_axes(suite, name)
+    for arm_name in arms:
+        arm = suite.arms[arm_name]
+        outside = arm.get("not_crossed", [])
+        if not isinstance(outside, list) or not all(isinstance(axis, str) and axis in all_axes for axis in outside):
+            raise ConfigError(f"{path}: arms.{arm_name}.not_crossed: {outside!r} must list grid axes; axes: "
+                              f"{', '.join(sorted(all_axes)) or 'none'}")
+        for dotted in sorted((set(arm_fields(arm)) & axes) - set(outside)):
+            of_panel = "" if name == MAIN else f" of panel {name}"
+            raise ConfigError(f"{path}: arms.{arm_name}: sets {dotted}, which is also a grid axis{of_panel}; an arm "
+                              "may not set what the grid varies (unless the arm is not_crossed with it)")
+    for dotted in panel.primary:
+        if dotted not in (*panel.within, panel.nuisance):
+            allowed = [*panel.within, *([panel.nuisance] if panel.nuisance else [])]
+            raise ConfigError(f"{path}: {prefix}primary: {dotted} is neither a `within` axis nor the nuisance; "
+                              f"allowed: {', '.join(allowed) or 'none'}")
 
 
 def suite_sweep(suite: Suite, budget: str, overrides: Sequence[str],
                 spec_text: str) -> tuple[Sweep, list[dict[str, Any]]]:
-    """Every run of the suite at `budget`: base + budget settings + user overrides, crossed with
-    the arms, the shared axes and the seeds. Validated up front like any sweep. Also returns the
-    members: one {arm, cell, seed, run_id} per (arm, cell, seed), the run that serves it (what
-    records.write_arms keeps), so the analysis selects runs by the arm that generated them."""
+    """Every run of the suite at `budget`: per panel, base + budget settings + the panel's own +
+    user overrides, crossed with the panel's arms, axes and seeds. Validated up front like any
+    sweep. Also returns the members: one {panel, arm, cell, seed, run_id} per (panel, arm, cell,
+    seed), the run that serves it (what records.write_arms keeps), so the analysis selects runs by
+    the arm that generated them; a run two panels generate alike is trained once."""
     if budget not in suite.budgets:
         raise ConfigError(f"--budget {budget}: not defined for {suite.name}; allowed: {', '.join(suite.budgets)}")
     plan = suite.budgets[budget]
-    base_raw = copy.deepcopy(suite.base)
-    for dotted, value in plan.set.items():
-        set_dotted(base_raw, dotted.split("."), value)
     name = f"claim-{suite.name}-{budget}"
-    base_raw["name"] = name
-    apply_overrides(base_raw, overrides)
-    try:
-        base = Config.model_validate(base_raw)
-    except ValidationError as err:
-        raise ConfigError(f"claim {suite.name}: base: {describe(err)}") from None
-    grid = {**suite.grid, **plan.grid}
     configs: dict[str, Config] = {}
-    generated_by: dict[str, str] = {}  # run id -> the first arm that generated it
     members = []
-    for arm_name, arm in suite.arms.items():
-        crossed = {dotted: values for dotted, values in grid.items() if dotted not in arm.get("not_crossed", [])}
-        for cell, seed, cfg in expand(base_raw, crossed, plan.seeds, f"claim {suite.name}: arm {arm_name}",
-                                      fixed=arm_fields(arm), more_seeds=lambda cell: _more_seeds(plan, cell)):
-            run_id = cfg.run_id()
-            other = generated_by.setdefault(run_id, arm_name)
-            # Only arms declared as measurements of the same runs (equal fields, each its own
-            # `metric`) may share one; any other two arms generating one run is a design error.
-            if other != arm_name and arm_fields(suite.arms[other]) != arm_fields(arm):
-                raise ConfigError(f"claim {suite.name}: arms {other} and {arm_name} generate the same run "
-                                  f"({cell_label(cell)}, seed {seed}); give them different fields, or make "
-                                  "them measurements of one run (equal fields, each its own metric)")
-            configs.setdefault(run_id, cfg)
-            members.append({"arm": arm_name, "cell": cell, "seed": seed, "run_id": run_id})
+    bases: dict[str, Config] = {}
+    for panel_name in suite.panel_names():
+        base_raw = _panel_base(suite, panel_name, budget, overrides)
+        base_raw["name"] = name
+        source = f"claim {suite.name}" + ("" if panel_name == MAIN else f": panel {panel_name}")
+        try:
+            bases[panel_name] = Config.model_validate(base_raw)
+        except ValidationError as err:
+            raise ConfigError(f"{source}: base: {describe(err)}") from None
+        grid = suite.panel_grid(panel_name, budget)
+        generated_by: dict[str, str] = {}  # run id -> the first arm of this panel that generated it
+        for arm_name in suite.panel_arms(panel_name):
+            arm = suite.arms[arm_name]
+            crossed = {dotted: values for dotted, values in grid.items() if dotted not in arm.get("not_crossed", [])}
+            for cell, seed, cfg in expand(base_raw, crossed, plan.seeds, f"{source}: arm {arm_name}",
+                                          fixed=arm_fields(arm),
+                                          more_seeds=lambda cell, panel=panel_name: _more_seeds(plan, panel, cell)):
+                run_id = cfg.run_id()
+                other = generated_by.setdefault(run_id, arm_name)
+                # Only arms declared as measurements of the same runs (equal fields, each its own
+                # `metric`) may share one within a panel; any other two arms generating one run
+                # are a design error. Across panels, sharing a run is the point.
+                if other != arm_name and arm_fields(suite.arms[other]) != arm_fields(arm):
+                    raise ConfigError(f"{source}: arms {other} and {arm_name} generate the same run "
+                                      f"({cell_label(cell)}, seed {seed}); give them different fields, or make "
+                                      "them measurements of one run (equal fields, each its own metric)")
+                configs.setdefault(run_id, cfg)
+                members.append({"panel": panel_name, "arm": arm_name, "cell": cell, "seed": seed, "run_id": run_id})
+    return Sweep(name=name, spec_text=spec_text, base=bases[MAIN], axes=_sweep_axes(suite, budget, bases),
+                 seeds=list(plan.seeds), configs=list(configs.values())), members
+
+
+def _panel_base(suite: Suite, panel: str, budget: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """The suite's base, then the budget's `set`, the panel's own and the budget's for the panel,
+    then the user's overrides, which win."""
+    plan = suite.budgets[budget]
+    base_raw = copy.deepcopy(suite.base)
+    settings = [plan.set]
+    if panel != MAIN:
+        settings += [suite.panels[panel].set, plan.panels[panel].set if panel in plan.panels else {}]
+    for setting in settings:
+        for dotted, value in setting.items():
+            set_dotted(base_raw, dotted.split("."), value)
+    apply_overrides(base_raw, overrides)
+    return base_raw
+
+
+def _sweep_axes(suite: Suite, budget: str, bases: dict[str, Config]) -> dict[str, list[Any]]:
+    """What the sweep varies: every field an arm sets, the main grid (whose values replace an arm's,
+    as for a not-crossed control), then each other panel's base settings and axes, each value once.
+    runs.csv has a column for each."""
+    from bnlab.config import cell_values
+
+    plan = suite.budgets[budget]
     set_by_arms = sorted({dotted for arm in suite.arms.values() for dotted in arm_fields(arm)})
     axes = {dotted: list({repr(arm.get(dotted)): arm.get(dotted) for arm in suite.arms.values()}.values())
             for dotted in set_by_arms}
-    axes |= grid
-    return Sweep(name=name, spec_text=spec_text, base=base, axes=axes, seeds=list(plan.seeds),
-                 configs=list(configs.values())), members
+    axes |= suite.panel_grid(MAIN, budget)
+    for name, panel in suite.panels.items():
+        settings = [*panel.set, *(plan.panels[name].set if name in plan.panels else {})]
+        extra = {dotted: [cell_values(base, [dotted])[dotted] for base in bases.values()] for dotted in settings}
+        for dotted, values in {**extra, **suite.panel_grid(name, budget)}.items():
+            axes[dotted] = list({repr(value): value for value in [*axes.get(dotted, []), *values]}.values())
+    return axes
 
 
 def serves(cell: dict[str, Any], where: dict[str, Any]) -> bool:
@@ -168,9 +340,10 @@ def serves(cell: dict[str, Any], where: dict[str, Any]) -> bool:
     return all(cell[dotted] == value for dotted, value in where.items() if dotted in cell)
 
 
-def _more_seeds(plan: Budget, cell: dict[str, Any]) -> list[int]:
+def _more_seeds(plan: Budget, panel: str, cell: dict[str, Any]) -> list[int]:
     """The extra seeds of the cells `cell` serves, so a control gets the seeds its comparisons pair with."""
-    return [seed for extra in plan.more_seeds if serves(cell, extra.where) for seed in extra.seeds]
+    return [seed for extra in plan.more_seeds if extra.panel == panel and serves(cell, extra.where)
+            for seed in extra.seeds]
 
 
 ARM_KEYS = ("metric", "not_crossed")  # what an arm says besides config fields

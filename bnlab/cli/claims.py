@@ -25,7 +25,7 @@ def list_claims() -> None:
 
 @claim_app.command("test")
 def test_claim(
-    name: Annotated[str, typer.Argument(help="A suite name from `bnlab claim list`")],
+    name: Annotated[str, typer.Argument(help="A suite name from `bnlab claim list`, or a suite file (.yaml)")],
     overrides: Annotated[list[str] | None, typer.Argument(help="field=value, applied to every arm")] = None,
     budget: Annotated[str, typer.Option(help="smoke (seconds), quick (minutes) or full (the literature design)")]
     = "quick",

@@ -49,6 +49,7 @@ from bnlab.records._run import (
     run_status,
 )
 from bnlab.records._sweep import (
+    MAIN_PANEL,
     RESULT_METRICS,
     SweepRecord,
     append_invocation,
@@ -67,7 +68,7 @@ from bnlab.records._tree import read_runs, run_folders
 
 __all__ = [
     "ARMS", "CHANCE_LOSS", "CONFIG", "CURVES", "DEFAULT_RUNS_DIR", "DID_NOT_TRAIN", "EPOCHS", "ERROR", "EVALS",
-    "FINISHED_STATUSES", "FORMAT_VERSION", "INVOCATIONS", "LAYERS", "LOCK", "LOCK_PID", "METRICS_CSVS",
+    "FINISHED_STATUSES", "FORMAT_VERSION", "INVOCATIONS", "LAYERS", "LOCK", "LOCK_PID", "MAIN_PANEL", "METRICS_CSVS",
     "OPTIONAL_CSVS", "PROBES", "RESULTS", "RESULT_METRICS", "RUN_STATUSES", "SPEC", "STEPS", "SUMMARY",
     "SWEEP_STATE", "WEIGHTS", "EditedConfig", "FinishedRun", "RunFolder", "SweepRecord", "UnreadableRecord",
     "append_invocation", "arms_path", "check_not_edited", "csv_bytes", "finished_run", "inspect_run", "json_bytes",

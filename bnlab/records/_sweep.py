@@ -94,21 +94,26 @@ def write_results(folder: Path, rows: Mapping[str, Mapping[str, Any]]) -> None:
     write_file(folder / RESULTS, csv_bytes(ordered) if ordered else b"run_id,status\n")
 
 
+MAIN_PANEL = "main"  # a claim suite's own grid and comparisons
+
+
 def write_arms(folder: Path, members: Iterable[Mapping[str, Any]]) -> None:
-    """arms.csv: one row per (arm, cell, seed) of a claim sweep and the run that serves it; the
-    cell (grid axis -> value) as JSON. Kept outside the configs, so run ids do not depend on it."""
-    rows = [{"run_id": m["run_id"], "arm": m["arm"], "cell": json.dumps(m["cell"], sort_keys=True),
-             "seed": m["seed"]} for m in members]
+    """arms.csv: one row per (panel, arm, cell, seed) of a claim sweep and the run that serves it;
+    the cell (grid axis -> value) as JSON. Kept outside the configs, so run ids do not depend on it."""
+    rows = [{"run_id": m["run_id"], "panel": m["panel"], "arm": m["arm"],
+             "cell": json.dumps(m["cell"], sort_keys=True), "seed": m["seed"]} for m in members]
     write_file(folder / ARMS, csv_bytes(rows))
 
 
 def read_arms(folder: Path) -> list[dict[str, Any]]:
-    """arms.csv back: run_id, arm, cell (a dict), seed (an int). RecordsError naming the file."""
+    """arms.csv back: run_id, panel, arm, cell (a dict), seed (an int). RecordsError naming the
+    file. A sweep recorded before panels existed has one panel, `main`."""
     path = folder / ARMS
     try:
         with path.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
-        return [{"run_id": row["run_id"], "arm": row["arm"], "cell": json.loads(row["cell"]),
+        return [{"run_id": row["run_id"], "panel": row.get("panel") or MAIN_PANEL, "arm": row["arm"],
+                 "cell": json.loads(row["cell"]),
                  "seed": int(row["seed"])} for row in rows]
     except FileNotFoundError:
         raise RecordsError(f"{path}: missing (not a claim sweep, or one run before arms were recorded)") from None

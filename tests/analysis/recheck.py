@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 from scipy import stats
 
-KINDS = ("paired_difference", "log_ratio", "fraction")
+KINDS = ("paired_difference", "log_ratio", "fraction", "contrast")
 # An absolute path: a '/' after no word, URL, path or closing-tag character, then a name.
 ABSOLUTE_PATH = re.compile(r"(?<![\w:/.<-])/[A-Za-z_][\w.-]*(?:/[\w.-]+)*")
 EMBEDDED = re.compile(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=]+")
@@ -25,9 +25,16 @@ def _close(a: float | None, b: float | None) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
 
-def _run_value(runs: pd.DataFrame, run_id: str, arm: str, column: str) -> float | None:
-    row = runs[(runs["run_id"] == run_id) & (runs["arm"] == arm)]
-    assert len(row) == 1, f"{arm} {run_id}: {len(row)} rows in runs.csv"
+def _rows(runs: pd.DataFrame, arm: str, panel: str) -> pd.DataFrame:
+    """The runs.csv rows of `arm` in `panel` (a finding from before panels has one, main)."""
+    in_panel = runs["panel"] == panel if "panel" in runs.columns else panel == "main"
+    return runs[(runs["arm"] == arm) & in_panel]
+
+
+def _run_value(runs: pd.DataFrame, run_id: str, arm: str, column: str, panel: str = "main") -> float | None:
+    rows = _rows(runs, arm, panel)
+    row = rows[rows["run_id"] == run_id]
+    assert len(row) == 1, f"{panel} {arm} {run_id}: {len(row)} rows in runs.csv"
     row = row.iloc[0]
     value = row[column]
     return float(value) if row["status"] == "done" and pd.notna(value) else None
@@ -37,13 +44,13 @@ def _per_seed_value(comparison: dict[str, Any], runs: pd.DataFrame, arm: str, ru
                     side: str) -> float | None:
     kind = comparison["kind"]
     if kind == "fraction":  # the share of the arm's cells within `tolerance` of its best validation accuracy
-        values = [_run_value(runs, run_id, arm, "val_acc") for run_id in run_ids]
+        values = [_run_value(runs, run_id, arm, "val_acc", comparison.get("panel", "main")) for run_id in run_ids]
         finite = [v for v in values if v is not None]
         best = max(finite) if finite else math.nan
         return sum(v is not None and v >= best - comparison["tolerance"] for v in values) / len(values)
     assert len(run_ids) == 1, f"{kind}: one run per seed and arm, got {run_ids}"
     column = comparison.get("metric") or comparison[f"metric_{side}"]
-    return _run_value(runs, run_ids[0], arm, column)
+    return _run_value(runs, run_ids[0], arm, column, comparison.get("panel", "main"))
 
 
 def _outcome(d: list[float], margin: float, direction: int) -> tuple[str, str, list[float], list[float]]:
@@ -76,27 +83,98 @@ def recheck(folder: Path) -> int:
     for number, comparison in enumerate(verdict["comparisons"]):
         where = f"{folder.name} comparison {number} ({comparison['label']})"
         assert comparison["kind"] in KINDS, f"{where}: unknown kind {comparison['kind']!r}"
-        d = []
-        for row in comparison["per_seed"]:
-            a = _per_seed_value(comparison, runs, comparison["a"], row["runs_a"], "a")
-            b = _per_seed_value(comparison, runs, comparison["b"], row["runs_b"], "b")
-            assert _close(a, row["value_a"]) and _close(b, row["value_b"]), (where, row, a, b)
-            if a is not None and b is not None:
-                d.append(math.log(b / a) if comparison["kind"] == "log_ratio" else b - a)
+        d = _contrast_values(comparison, runs, where) if comparison["kind"] == "contrast" else _differences(
+            comparison, runs, where)
         assert comparison["n"] == len(d) and comparison["n_dropped"] == len(comparison["per_seed"]) - len(d), where
         if not d:
             assert comparison["outcome"] == "inconclusive", where
             continue
         outcome, reason, ci95, ci90 = _outcome(d, comparison["margin"], comparison["direction"])
+        if "guard" in comparison:
+            outcome, reason = _recheck_guard(comparison, runs, outcome, reason, where)
         assert _close(comparison["mean"], sum(d) / len(d)), where
         for ours, theirs in ((ci95, comparison["ci"]), (ci90, comparison["ci90"])):
             assert all(_close(x, y) if not math.isnan(x) else y is None for x, y in zip(ours, theirs, strict=True)), (
                 where, ours, theirs)
         assert (comparison["outcome"], comparison["reason"]) == (outcome, reason), where
+        if comparison["kind"] == "contrast":
+            continue  # its picks and failures are per term, checked with its values
         if comparison["selection"]["selection"] == "best":
-            _recheck_pick(comparison, runs, where)
+            for arm in (comparison["a"], comparison["b"]):
+                rows = _rows(runs, arm, comparison.get("panel", "main"))
+                _recheck_pick(comparison["selection"], comparison["stratum"], rows, arm, where)
         _recheck_failures(comparison, runs, where)
     return len(verdict["comparisons"])
+
+
+def _differences(comparison: dict[str, Any], runs: pd.DataFrame, where: str) -> list[float]:
+    """B - A per seed (a log-ratio for log_ratio), each value from its run's row."""
+    d = []
+    for row in comparison["per_seed"]:
+        a = _per_seed_value(comparison, runs, comparison["a"], row["runs_a"], "a")
+        b = _per_seed_value(comparison, runs, comparison["b"], row["runs_b"], "b")
+        assert _close(a, row["value_a"]) and _close(b, row["value_b"]), (where, row, a, b)
+        if a is not None and b is not None:
+            d.append(math.log(b / a) if comparison["kind"] == "log_ratio" else b - a)
+    return d
+
+
+def _contrast_values(comparison: dict[str, Any], runs: pd.DataFrame, where: str) -> list[float]:
+    """Per seed, the sum of weight x the term's run's metric; a seed with a run that did not train
+    is left out. Each term's pick (a nuisance at its best) and failure count checked too."""
+    terms = comparison["terms"]
+    for index, term in enumerate(terms):
+        rows = _rows(runs, term["arm"], term["panel"])
+        if "selection" in term:
+            fixed = {k: v for k, v in term["where"].items() if k != term["selection"]["axis"]}
+            _recheck_pick({**term["selection"], "picked": {term["arm"]: term["selection"]["picked"]}}, fixed, rows,
+                          term["arm"], where)
+        counted = [row["runs"][index][0] for row in comparison["per_seed"]]
+        statuses = rows[rows["run_id"].isin(counted)]
+        assert len(statuses) == len(counted) == term["failures"]["total"], where
+        assert int((statuses["status"] != "done").sum()) == term["failures"]["failed"], (where, term)
+        for dotted, value in term["cell"].items():
+            assert set(statuses[dotted].astype(str)) <= {_csv_text(value)}, (where, term, dotted)
+    values = []
+    for row in comparison["per_seed"]:
+        per_term = [_run_value(runs, run_ids[0], term["arm"], comparison["metric"], term["panel"])
+                    for term, run_ids in zip(terms, row["runs"], strict=True)]
+        assert all(_close(ours, theirs if theirs is None or math.isfinite(theirs) else None)
+                   for ours, theirs in zip(per_term, row["values"], strict=True)), (where, row, per_term)
+        if all(value is not None for value in per_term):
+            value = sum(term["weight"] * value for term, value in zip(terms, per_term, strict=True))
+            assert _close(value, row["value"]), (where, row, value)
+            values.append(value)
+        else:
+            assert row["value"] is None, (where, row)
+    return values
+
+
+def _recheck_guard(comparison: dict[str, Any], runs: pd.DataFrame, outcome: str, reason: str,
+                   where: str) -> tuple[str, str]:
+    """The guard's per-seed values from the comparison's own runs, its CI against its margin, and
+    the guarded outcome (docs/claims.md, "Guarded rules")."""
+    guard = comparison["guard"]
+    d = []
+    for row, mine in zip(comparison["per_seed"], guard["per_seed"], strict=True):
+        a = _run_value(runs, row["runs_a"][0], comparison["a"], guard["metric"], comparison.get("panel", "main"))
+        b = _run_value(runs, row["runs_b"][0], comparison["b"], guard["metric"], comparison.get("panel", "main"))
+        assert mine["seed"] == row["seed"] and _close(a, mine["value_a"]) and _close(b, mine["value_b"]), where
+        if a is not None and b is not None:
+            d.append(b - a)
+    assert guard["n"] == len(d), where
+    state = "unsettled"
+    if len(d) >= 2:
+        _, _, ci95, _ = _outcome(d, guard["margin"], guard["direction"])
+        assert all(_close(x, y) for x, y in zip(ci95, guard["ci"], strict=True)), (where, ci95, guard["ci"])
+        low, high = sorted(guard["direction"] * x for x in ci95)
+        state = "holds" if low > -guard["margin"] else "fails" if high < -guard["margin"] else "unsettled"
+    assert guard["outcome"] == state, (where, guard["outcome"], state)
+    if state == "fails":
+        return "not supported", "guard fails"
+    if outcome == "supported" and state != "holds":
+        return "inconclusive", "guard unsettled"
+    return outcome, reason
 
 
 def _recheck_failures(comparison: dict[str, Any], runs: pd.DataFrame, where: str) -> None:
@@ -105,7 +183,8 @@ def _recheck_failures(comparison: dict[str, Any], runs: pd.DataFrame, where: str
     failures = comparison["failures"]
     counts = {}
     for side in ("a", "b"):
-        counted = runs[(runs["arm"] == comparison[side]) & runs["run_id"].isin(failures[f"runs_{side}"])]
+        rows = _rows(runs, comparison[side], comparison.get("panel", "main"))
+        counted = rows[rows["run_id"].isin(failures[f"runs_{side}"])]
         assert len(counted) == len(failures[f"runs_{side}"]) == failures[f"total_{side}"], where
         counts[side] = int((counted["status"] != "done").sum())
         assert counts[side] == failures[side], (where, side, counts[side], failures[side])
@@ -115,20 +194,19 @@ def _recheck_failures(comparison: dict[str, Any], runs: pd.DataFrame, where: str
     assert _close(stats.fisher_exact(table).pvalue, failures["fisher_p"]), where
 
 
-def _recheck_pick(comparison: dict[str, Any], runs: pd.DataFrame, where: str) -> None:
-    """Each arm's pick is the candidate with the highest mean val_acc over its runs that trained."""
-    selection = comparison["selection"]
+def _recheck_pick(selection: dict[str, Any], stratum: dict[str, Any], rows: pd.DataFrame, arm: str,
+                  where: str) -> None:
+    """The arm's pick is the candidate with the highest mean val_acc over its runs that trained
+    among `rows` (its runs.csv rows in the comparison's panel) in the stratum."""
     axis = selection["axis"]
-    for arm, picked in selection["picked"].items():
-        at_stratum = runs[runs["arm"] == arm]
-        for dotted, value in comparison["stratum"].items():
-            at_stratum = at_stratum[at_stratum[dotted].astype(str) == _csv_text(value)]
-        means = {}
-        for candidate in selection["candidates"]:
-            trained = at_stratum[(at_stratum[axis].astype(str) == _csv_text(candidate))
-                                 & (at_stratum["status"] == "done")]
-            means[json.dumps(candidate)] = trained["val_acc"].mean() if len(trained) else -math.inf
-        assert max(means, key=means.get) == json.dumps(picked), (where, arm, means)
+    at_stratum = rows
+    for dotted, value in stratum.items():
+        at_stratum = at_stratum[at_stratum[dotted].astype(str) == _csv_text(value)]
+    means = {}
+    for candidate in selection["candidates"]:
+        trained = at_stratum[(at_stratum[axis].astype(str) == _csv_text(candidate)) & (at_stratum["status"] == "done")]
+        means[json.dumps(candidate)] = trained["val_acc"].mean() if len(trained) else -math.inf
+    assert max(means, key=means.get) == json.dumps(selection["picked"][arm]), (where, arm, means)
 
 
 def _csv_text(value: Any) -> str:

@@ -178,6 +178,28 @@ def _suite(tmp_path: Path, tiny_mnist: Path, **fields: Any) -> Path:
          "arm is not_crossed with it)"),
         ({"primary": {"model.hidden": [16]}},
          "primary: model.hidden is neither a `within` axis nor the nuisance; allowed: train.lr"),
+        ({"panels": {"main": {}}}, "panels.main: reserved for the suite's own grid and comparisons; rename it"),
+        ({"compare": []}, "compare: empty, and no panel compares or contrast; give at least one"),
+        ({"panels": {"wide": {"arms": ["BN"], "compare": [["no-BN", "BN"]]}}},
+         "panels.wide.compare: unknown 'no-BN'; panel wide's arms: BN"),
+        ({"panels": {"wide": {"grid": {"model.bn_eps": [0.001]}, "arms": ["BN", "ghost"]}},
+          "arms": {"no-BN": {"model.bn": "none"}, "BN": {"model.bn": "after"}, "ghost": {"model.bn_eps": 0.1}}},
+         "arms.ghost: sets model.bn_eps, which is also a grid axis of panel wide; an arm may not set what the grid "
+         "varies (unless the arm is not_crossed with it)"),
+        ({"contrasts": [{"name": "c", "terms": [{"arm": "BN", "panel": "wide", "weight": 1},
+                                                {"arm": "no-BN", "weight": -1}]}]},
+         "contrasts.0.terms.0.panel: unknown 'wide'; panels: main"),
+        ({"contrasts": [{"name": "c", "terms": [{"arm": "BN", "where": {"model.bn": "after"}, "weight": 1},
+                                                {"arm": "no-BN", "weight": -1}]}]},
+         "contrasts.0.terms.0.where: model.bn is not an axis of panel main; axes: train.lr"),
+        ({"nuisance": None, "contrasts": [{"name": "c", "terms": [{"arm": "BN", "where": {"train.lr": "best"},
+                                                                   "weight": 1}, {"arm": "no-BN", "weight": -1}]}]},
+         "contrasts.0.terms.0.where: train.lr=best: only the panel's nuisance (none) can be chosen at its best"),
+        ({"rule": {"name": "stable_lr", "margin": 0.002, "guard": {"metric": "test_acc", "margin": 0.01}}},
+         "rule.guard: guards paired_difference only, not stable_lr"),
+        ({"budgets": {"smoke": {"seeds": [0], "more_seeds": [{"where": {"train.lr": 0.01}, "seeds": [1],
+                                                               "panel": "wide"}]}}},
+         "budgets.smoke.more_seeds.0.panel: unknown 'wide'; panels: main"),
     ],
 )
 def test_suite_design_errors_name_the_field(tmp_path: Path, tiny_mnist: Path, fields: dict, message: str) -> None:
@@ -283,7 +305,7 @@ def test_more_seeds_name_a_cell_of_the_grid(tmp_path: Path, tiny_mnist: Path) ->
     budgets = {"smoke": {"seeds": [0], "more_seeds": [{"where": {"train.lr": 0.1}, "seeds": [2]}]}}
     path = _suite(tmp_path, tiny_mnist, budgets=budgets)
     with pytest.raises(ConfigError, match=re.escape("budgets.smoke.more_seeds.0.where: train.lr=0.1 is not a cell "
-                                                    "of the grid; axes: {'train.lr': [0.003, 0.01]}")):
+                                                    "of panel main's grid; axes: {'train.lr': [0.003, 0.01]}")):
         load_suite(path)
 
 

@@ -107,7 +107,7 @@ def test_the_recheck_fails_on_a_changed_number(tmp_path: Path, tiny_mnist: Path)
     header = lines[0].split(",")
     for index, line in enumerate(lines):
         cells = line.split(",")
-        if cells[0] == run_id and cells[1] == comparison["b"]:
+        if cells[0] == run_id and cells[header.index("arm")] == comparison["b"]:
             column = header.index(comparison["metric"])
             cells[column] = repr(float(cells[column]) - 0.01)
             lines[index] = ",".join(cells)

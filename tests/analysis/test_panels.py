@@ -1,0 +1,136 @@
+"""Panels, contrasts and guarded rules, end to end on the tiny dataset: a suite file of the
+user's own, the real CLI, and the finding rechecked from its runs.csv and verdict.json alone."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from recheck import recheck
+from typer.testing import CliRunner
+
+from bnlab.analysis.compare import guard_check, guarded
+from bnlab.analysis.stats import Verdict
+from bnlab.analysis.suites import Guard
+from bnlab.cli import app
+
+
+def _suite(tmp_path: Path, tiny_mnist: Path) -> Path:
+    """A main lr grid; a panel `wide` with its own base and comparison; a panel `shared` whose every
+    run is one the main panel generates too; an interaction contrast and one across panels."""
+    suite: dict[str, Any] = {
+        "name": "panels", "claim": "BN helps.", "design": "a test design",
+        "base": {"device": "cpu", "data": {"root": str(tiny_mnist), "val_size": 100, "verify": False},
+                 "model": {"hidden": [16]}, "train": {"epochs": 3, "batch_size": 32, "log_every": 5}},
+        "grid": {"train.lr": [0.003, 0.01]},
+        "arms": {"no-BN": {"model.bn": "none"}, "BN": {"model.bn": "after"}},
+        "compare": [["no-BN", "BN"]], "nuisance": "train.lr",
+        "panels": {"wide": {"set": {"model.hidden": [24]}, "compare": [["no-BN", "BN"]]},
+                   "shared": {"set": {"train.lr": 0.003}, "arms": ["BN"]}},
+        "contrasts": [
+            {"name": "lr-interaction", "terms": [
+                {"arm": "BN", "where": {"train.lr": 0.01}, "weight": 1},
+                {"arm": "BN", "where": {"train.lr": 0.003}, "weight": -1},
+                {"arm": "no-BN", "where": {"train.lr": 0.01}, "weight": -1},
+                {"arm": "no-BN", "where": {"train.lr": 0.003}, "weight": 1}]},
+            {"name": "best-against-shared", "secondary": True, "terms": [
+                {"arm": "BN", "where": {"train.lr": "best"}, "weight": 1},
+                {"arm": "BN", "panel": "shared", "weight": -1}]},
+        ],
+        "rule": {"name": "paired_difference", "metric": "test_acc", "margin": 0.002,
+                 "guard": {"metric": "val_acc", "margin": 0.5}},
+        "budgets": {"smoke": {"seeds": [0, 1, 2]}},
+    }
+    path = tmp_path / "panels.yaml"
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finding(tmp_path_factory: pytest.TempPathFactory, tiny_mnist: Path) -> Path:
+    tmp_path = tmp_path_factory.mktemp("panels")
+    out = tmp_path / "finding"
+    result = CliRunner().invoke(app, ["claim", "test", str(_suite(tmp_path, tiny_mnist)), "--budget", "smoke",
+                                      "--runs-dir", str(tmp_path / "runs"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_a_run_two_panels_generate_alike_trains_once_and_serves_both(finding: Path) -> None:
+    verdict = json.loads((finding / "verdict.json").read_text())
+    # main: 2 arms x 2 lrs x 3 seeds; wide: 2 arms x 3 seeds; shared: nothing new.
+    assert verdict["runs"] == verdict["runs_trained"] == 18
+    rows = list(csv.DictReader(io.StringIO((finding / "runs.csv").read_text())))
+    shared = {row["run_id"] for row in rows if row["panel"] == "shared"}
+    main_bn = {row["run_id"] for row in rows if (row["panel"], row["arm"], row["train.lr"]) == ("main", "BN", "0.003")}
+    assert len(shared) == 3 and shared == main_bn
+    assert {row["model.hidden"] for row in rows if row["panel"] == "wide"} == {"[24]"}
+    assert {row["model.hidden"] for row in rows if row["panel"] != "wide"} == {"[16]"}
+
+
+def test_comparisons_carry_their_panel_and_contrasts_their_terms(finding: Path) -> None:
+    comparisons = json.loads((finding / "verdict.json").read_text())["comparisons"]
+    assert {c["panel"] for c in comparisons} == {"main", "wide"}
+    wide = [c for c in comparisons if c["panel"] == "wide"]
+    assert len(wide) == 1 and wide[0]["label"].startswith("panel wide: ") and "guard" in wide[0]
+    interaction = next(c for c in comparisons if c.get("name") == "lr-interaction")
+    assert interaction["kind"] == "contrast" and interaction["primary"]
+    assert [term["weight"] for term in interaction["terms"]] == [1, -1, -1, 1]
+    for row in interaction["per_seed"]:
+        if row["value"] is not None:
+            assert math.isclose(row["value"], sum(t["weight"] * v for t, v in zip(interaction["terms"], row["values"],
+                                                                                 strict=True)))
+    across = next(c for c in comparisons if c.get("name") == "best-against-shared")
+    assert not across["primary"] and across["terms"][0]["selection"]["picked"] in (0.003, 0.01)
+    assert across["terms"][1]["panel"] == "shared"
+
+
+def test_the_finding_rechecks_and_the_recheck_can_fail(finding: Path, tmp_path: Path) -> None:
+    verdict_text = (finding / "verdict.json").read_text()
+    assert recheck(finding) == len(json.loads(verdict_text)["comparisons"])
+    for change in ("term value", "guard outcome"):
+        verdict = json.loads(verdict_text)
+        if change == "term value":
+            contrast = next(c for c in verdict["comparisons"] if c["kind"] == "contrast")
+            row = next(row for row in contrast["per_seed"] if row["value"] is not None)
+            row["values"][0] += 0.01
+            label = contrast["label"]
+        else:
+            guarded_one = next(c for c in verdict["comparisons"] if "guard" in c)
+            guarded_one["guard"]["outcome"] = "fails" if guarded_one["guard"]["outcome"] != "fails" else "holds"
+            label = guarded_one["label"]
+        (finding / "verdict.json").write_text(json.dumps(verdict))
+        try:
+            with pytest.raises(AssertionError, match=re.escape(label)):
+                recheck(finding)
+        finally:
+            (finding / "verdict.json").write_text(verdict_text)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "state"),
+    [([0.90, 0.91, 0.92], [0.90, 0.915, 0.92], "holds"),  # no drop at all
+     ([0.90, 0.91, 0.92], [0.80, 0.805, 0.81], "fails"),  # 10 pp lower in every seed
+     ([0.90, 0.91, 0.92], [0.89, 0.93, 0.85], "unsettled"),  # the CI reaches past a 1 pp drop
+     ([0.90], [0.95], "unsettled")],  # one seed: no CI
+)
+def test_a_guard_holds_fails_or_is_unsettled(a: list[float], b: list[float], state: str) -> None:
+    rows = [{"seed": seed, "value_a": x, "value_b": y} for seed, (x, y) in enumerate(zip(a, b, strict=True))]
+    assert guard_check(Guard(metric="test_acc", margin=0.01), rows)["outcome"] == state
+
+
+def test_a_guarded_verdict_is_supported_only_when_the_guard_holds() -> None:
+    supported, inconclusive = Verdict("supported", "effect", None), Verdict("inconclusive", "inconclusive", 7)
+    opposite = Verdict("not supported", "opposite", None)
+    assert guarded(supported, "holds") == supported
+    assert guarded(supported, "unsettled") == Verdict("inconclusive", "guard unsettled", None)
+    assert guarded(supported, "fails") == Verdict("not supported", "guard fails", None)
+    assert guarded(inconclusive, "holds") == inconclusive
+    assert guarded(opposite, "unsettled") == opposite
