@@ -59,7 +59,22 @@ def metric_value(run: FinishedRun, metric: str) -> float:
         return run.final["train_acc"] - run.final["test_acc"]
     if metric.startswith("eval:"):  # eval:<bn_stats>:<batch size or 'all'>, from evals.csv
         return _eval_metric(run, metric)
+    if metric.split(":")[0] in LAYER_METRICS:
+        return _layer_metric(run, metric)
     return run.final.get(metric, math.nan)
+
+
+# layers.csv columns (docs/probes.md): <column> is its mean over every layer and probe step,
+# <column>:<layer> over one layer's probe steps; a run that recorded none has NaN.
+LAYER_METRICS = ("drift", "ics_l2", "ics_cos", "variance_shift", "variance_shift_max")
+
+
+def _layer_metric(run: FinishedRun, metric: str) -> float:
+    column, _, layer = metric.partition(":")
+    values = [float(row[column]) for row in run.table("layers")
+              if row.get(column) not in (None, "") and (not layer or row["layer"] == layer)]
+    finite = [value for value in values if math.isfinite(value)]
+    return sum(finite) / len(finite) if finite else math.nan
 
 
 def _eval_metric(run: FinishedRun, metric: str) -> float:

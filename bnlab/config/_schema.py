@@ -131,7 +131,8 @@ class EvalConfig(Strict):
     # At the end, per BatchNorm layer: its running variance against the variance of its input on
     # the test set in eval mode (Li et al. 2019's variance shift; docs/probes.md). layers.csv.
     variance_shift: bool = False
-    # Santurkar et al.'s gradient ICS per layer at the activation probe's steps (about 25 a run):
+    # Santurkar et al.'s gradient ICS and the drift of each layer's input, per layer at the
+    # activation probe's steps (about 25 a run):
     # solo runs only (a sweep trains them unstacked). layers.csv.
     grad_ics: bool = False
 

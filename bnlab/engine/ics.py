@@ -1,5 +1,6 @@
-"""Santurkar et al.'s gradient view of internal covariate shift: how much a layer's gradient
-changes when the layers before it take their update first, on the same batch."""
+"""Internal covariate shift, measured two ways (Santurkar et al. 2018): how much a layer's
+gradient changes when the layers before it take their update first, on the same batch, and how
+far the distribution of the input each layer sees in training drifts between probe steps."""
 
 from __future__ import annotations
 
@@ -58,3 +59,53 @@ def gradient_ics(model: nn.Sequential, optimizer: Any, x: torch.Tensor, y: torch
     finally:
         _set_rng_state(after_forward, device)
     return rows
+
+
+class InputDrift:
+    """How far the input of each layer i >= 2 drifts between probe steps, as training sees it
+    (the batch's own statistics, dropout and noisy BN's noise, on a fixed probe batch). Per unit,
+    the 2-Wasserstein distance between Gaussians fitted to its values at the previous probe and
+    now, sqrt(dmean^2 + dsd^2), in units of its previous sd; averaged over the units alive at the
+    previous probe (sd above DEAD_SD: a dead ReLU has no scale to drift against). The run is
+    untouched: BN's running statistics are updated on copies and the generators rewound."""
+
+    DEAD_SD = 1e-6
+
+    def __init__(self, model: nn.Sequential, probe_x: torch.Tensor) -> None:
+        self.model = model
+        self.probe_x = probe_x
+        self.linears = [module for module in model if isinstance(module, nn.Linear)][1:]
+        self.previous: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @torch.no_grad()
+    def measure(self) -> dict[int, float]:
+        """Layer (2 for the second Linear, as gradient_ics counts) -> drift since the last call;
+        NaN at the first."""
+        device = self.probe_x.device
+        before = rng_state(device)
+        captured: list[torch.Tensor] = []
+        handles = [linear.register_forward_pre_hook(lambda _module, inputs: captured.append(inputs[0]))
+                   for linear in self.linears]
+        was_training = self.model.training
+        try:
+            self.model.train()
+            state = {**dict(self.model.named_parameters()),
+                     **{name: buffer.clone() for name, buffer in self.model.named_buffers()}}
+            functional_call(self.model, state, (self.probe_x,))
+        finally:
+            self.model.train(was_training)
+            for handle in handles:
+                handle.remove()
+            _set_rng_state(before, device)
+        now = [(inputs.double().mean(0), inputs.double().std(0)) for inputs in captured]
+        drift = {}
+        for layer, ((mean, sd), previous) in enumerate(zip(now, self.previous or [None] * len(now), strict=True),
+                                                       start=2):
+            if previous is None:
+                drift[layer] = float("nan")
+                continue
+            live = previous[1] > self.DEAD_SD
+            moved = torch.sqrt((mean - previous[0]) ** 2 + (sd - previous[1]) ** 2)[live] / previous[1][live]
+            drift[layer] = moved.mean().item() if len(moved) else float("nan")
+        self.previous = now
+        return drift

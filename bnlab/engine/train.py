@@ -21,7 +21,7 @@ from bnlab import faults
 from bnlab.config import Config, TrainConfig
 from bnlab.data.tensors import Splits
 from bnlab.engine.evaluation import evaluate, final_evals
-from bnlab.engine.ics import gradient_ics, rng_state
+from bnlab.engine.ics import InputDrift, gradient_ics, rng_state
 from bnlab.engine.model import STREAM_DATA_ORDER, STREAM_DROPOUT, build_model, generator, stream_seed
 from bnlab.engine.optim import ForeachSGD, FusedAdam
 from bnlab.engine.probes import PROBE_POINTS, PROBE_SAMPLES, PreActivationProbe, variance_shift
@@ -239,6 +239,7 @@ def train(cfg: Config, splits: Splits, on_event: OnEvent | None = None) -> RunRe
     n_train = len(splits.train_x)
     schedule = make_schedule(cfg, n_train)
     book = RunBook(cfg, splits, model, schedule, emit)
+    drift = InputDrift(model, splits.train_x[:PROBE_SAMPLES]) if cfg.eval.grad_ics else None
 
     step = 0
     train_seconds = 0.0
@@ -262,8 +263,10 @@ def train(cfg: Config, splits: Splits, on_event: OnEvent | None = None) -> RunRe
             log_now, eval_now = schedule.logs(step), schedule.evaluates(step)
             if log_now:
                 grad_norm = _grad_norm(model)
-            if replay is not None:
-                book.result.layers += gradient_ics(model, optimizer, xb, yb, step, replay)
+            if replay is not None and drift is not None:
+                drifted = drift.measure()
+                book.result.layers += [row | {"drift": drifted[row["layer"]]}
+                                       for row in gradient_ics(model, optimizer, xb, yb, step, replay)]
             optimizer.step()
             loss_sum += loss.detach() * len(yb)
             correct += (logits.detach().argmax(1) == yb).sum()

@@ -337,3 +337,25 @@ def test_depends_names_where_the_claim_holds() -> None:
                _comparison("model.hidden=[100]*8", "supported")]
     assert outcome_words("depends", primary) == ("It depends: the claim holds at model.hidden=[100]*8, not at "
                                                   "model.hidden=[100, 100, 100].")
+
+
+def test_a_layers_metric_is_its_mean_over_probe_steps(tmp_path: Path, tiny_config: Path) -> None:
+    """`drift` (and every layers.csv column) as the analysis reads it: the mean over a run's probe
+    points of one layer (`drift:2`) or of all; NaN for a run that recorded none."""
+    from bnlab.analysis.arms import metric_value
+    from bnlab.config import load_config
+    from bnlab.records import finished_run
+    from bnlab.runs.runner import run
+
+    probed = run(load_config(tiny_config, ["eval.grad_ics=true", "train.log_every=2"]), tmp_path / "probed")
+    finished = finished_run(probed.folder)
+    rows = finished.table("layers")
+    per_layer = {layer: [float(row["drift"]) for row in rows if row["layer"] == layer and row["drift"]]
+                 for layer in ("2", "3")}
+    finite = {layer: [v for v in values if math.isfinite(v)] for layer, values in per_layer.items()}
+    assert all(len(values) >= 3 for values in finite.values())
+    assert metric_value(finished, "drift:2") == pytest.approx(sum(finite["2"]) / len(finite["2"]))
+    every = finite["2"] + finite["3"]
+    assert metric_value(finished, "drift") == pytest.approx(sum(every) / len(every))
+    plain = finished_run(run(load_config(tiny_config), tmp_path / "plain").folder)
+    assert math.isnan(metric_value(plain, "drift"))

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from bnlab.cli import app
 from bnlab.config import load_config
 from bnlab.data.tensors import load_dataset
-from bnlab.engine.ics import gradient_ics, rng_state
+from bnlab.engine.ics import InputDrift, gradient_ics, rng_state
 from bnlab.engine.model import STREAM_EVAL_ORDER, build_model, generator
 from bnlab.engine.probes import PROBE_UNITS
 from bnlab.engine.stacked import train_stack
@@ -348,6 +348,35 @@ def test_gradient_ics_leaves_the_run_as_it_was(tiny_config: Path) -> None:
     steps = sorted({row["step"] for row in probed.layers})
     assert len(steps) >= 5 and {row["layer"] for row in probed.layers} == {2, 3}  # two hidden layers + output
     assert plain.layers == []
+    first = [row["drift"] for row in probed.layers if row["step"] == steps[0]]
+    later = [row["drift"] for row in probed.layers if row["step"] != steps[0]]
+    assert all(math.isnan(value) for value in first) and all(value > 0 for value in later)
+
+
+def test_input_drift_matches_its_definition(tiny_config: Path) -> None:
+    """Doubling the first layer (ReLU is positively homogeneous) doubles every unit's mean and sd
+    of the second layer's input: the drift is the mean of sqrt(m^2 + s^2) / s over live units.
+    Noisy BN's noise is part of what the next layer sees: with the weights unchanged the input
+    drifts by the noise alone, and not at all without it."""
+    cfg = load_config(tiny_config, ["model.hidden=[16]", "model.bn=none"])
+    x = load_dataset(cfg.data, torch.device("cpu")).train_x[:200]
+    model = build_model(cfg.model, 784, 10, cfg.seed)
+    probe = InputDrift(model, x)
+    assert math.isnan(probe.measure()[2])
+    with torch.no_grad():
+        hidden = torch.relu(model[0](x)).double()
+        model[0].weight *= 2
+        model[0].bias *= 2
+    mean, sd = hidden.mean(0), hidden.std(0)
+    live = sd > InputDrift.DEAD_SD
+    assert probe.measure()[2] == pytest.approx((torch.sqrt(mean**2 + sd**2)[live] / sd[live]).mean().item(), rel=1e-6)
+    for noise, moved in ((0.0, False), (1.0, True)):
+        noisy = build_model(load_config(tiny_config, ["model.hidden=[16]", "model.bn=before",
+                                                      f"model.bn_noise={noise}"]).model, 784, 10, cfg.seed)
+        probe = InputDrift(noisy, x)
+        probe.measure()
+        torch.rand(1)  # a training step between probes moves the generator on
+        assert (probe.measure()[2] > 0.01) is moved
 
 
 def test_gradient_ics_matches_its_definition(tiny_config: Path) -> None:
