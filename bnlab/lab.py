@@ -67,3 +67,31 @@ def test_claim(name: str, budget: str = "quick", overrides: Sequence[str] = (), 
     result = analyze(suite, sweep, folder, budget, command, training_seconds)
     markdown, html = write_report(build_report(folder, [result]), folder)
     return ClaimOutcome(result, sweep, state, folder, markdown, html, wall_seconds, suite)
+
+
+def plan_claim(name: str, overrides: Sequence[str] = (), runs_root: str | Path | None = None,
+               options: SweepOptions | None = None, on_event: Event | None = None) -> tuple[ClaimOutcome, dict]:
+    """Run suite `name`'s pilot budget (full settings, its own seeds) and, from the spread of each
+    primary comparison there, simulate the seeds the full budget needs (analysis.planning): the
+    suite's `seed_plan`, to paste before the full budget is ever run."""
+    from bnlab.analysis.planning import PLAN_MIN_SEEDS, seed_plan
+    from bnlab.errors import RecordsError
+
+    outcome = test_claim(name, "pilot", overrides, runs_root, options, on_event)
+    planned = []
+    for comparison in outcome.result.comparisons:
+        if not comparison.primary:
+            continue
+        sd = comparison.paired.diff_sd
+        if comparison.paired.n < 2 or not sd >= 0:
+            raise RecordsError(f"claim {name}: pilot comparison {comparison.label!r} has {comparison.paired.n} "
+                               "paired seed(s) that trained: no spread to plan from; give the pilot more seeds")
+        margin = comparison.margin if comparison.margin is not None else outcome.suite.rule.margin
+        plan = seed_plan(sd, margin) if sd > 0 else None
+        planned.append({"label": comparison.label, "sd": float(sd) if sd > 0 else 1e-12, "margin": margin,
+                        "seeds": plan.seeds if plan else PLAN_MIN_SEEDS,
+                        "p_supported": round(plan.p_supported, 4) if plan else 1.0,
+                        "p_not_supported": round(plan.p_not_supported, 4) if plan else 1.0})
+    needed = [item["seeds"] for item in planned]
+    seeds = None if None in needed else max(needed)
+    return outcome, {"pilot_seeds": list(outcome.sweep.seeds), "comparisons": planned, "seeds": seeds}

@@ -20,6 +20,7 @@ from bnlab.records import json_bytes
 VERDICT = "verdict.json"
 RUNS = "runs.csv"  # one row per (arm, run): what every per-seed value of verdict.json is recomputed from
 FORMAT = 1
+REFERENCE_GFLOPS = 95.0  # the reference machine's 2048^3 matmul rate, for normalized wall times
 # An absolute path in text: a '/' that no word, URL, path or closing tag precedes, then a name.
 ABSOLUTE_PATH = re.compile(r"(?<![\w:/.<-])/[A-Za-z_][\w.-]*(?:/[\w.-]+)*")
 EMBEDDED = re.compile(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=]+")
@@ -57,10 +58,19 @@ def verdict_record(outcome: Any) -> dict[str, Any]:
         "runs_trained": sum(item.get("runs_trained") or 0 for item in invocations),
         "invocations": invocations,
         "wall_seconds": round(result.wall_seconds or 0, 1),  # every invocation's, summed by the workflow
+        "reference_gflops": REFERENCE_GFLOPS,
+        "normalized_wall_seconds": normalized_seconds(invocations),
         "git_commits": commits,
         "datasets": [json.loads(text) for text in sorted(datasets)],
         "comparisons": [comparison_record(c, outcome.suite.rule) for c in result.comparisons],
     }
+
+
+def normalized_seconds(invocations: list[dict[str, Any]]) -> float:
+    """Wall time on the reference machine: each invocation's seconds x its machine's measured
+    2048^3 matmul GFLOP/s / REFERENCE_GFLOPS, summed, so cost caps hold on fast and slow hosts."""
+    return round(sum((item.get("wall_seconds") or 0) * (item.get("matmul_gflops") or REFERENCE_GFLOPS)
+                     / REFERENCE_GFLOPS for item in invocations), 1)
 
 
 def portable(text: str, sweep_folder: Path) -> str:

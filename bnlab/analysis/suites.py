@@ -101,6 +101,28 @@ class Contrast(Strict):
     secondary: bool = False  # a primary comparison unless marked secondary
 
 
+class PlannedComparison(Strict):
+    label: str  # a primary comparison of the pilot
+    sd: float = Field(gt=0)  # the pilot's sd of its per-seed statistic
+    margin: float = Field(gt=0)
+    seeds: int | None  # planning.seed_plan(sd, margin).seeds
+    p_supported: float
+    p_not_supported: float
+
+
+class SeedPlan(Strict):
+    """How the full budget's seed count was decided before its data (`bnlab claim plan`): the
+    pilot's seeds (none of the full budget's), each primary comparison's spread there and the
+    simulated plan; `seeds` is the largest of theirs."""
+
+    pilot_seeds: list[int] = Field(min_length=2)
+    comparisons: list[PlannedComparison] = Field(min_length=1)
+    seeds: int
+
+
+Budgets = Literal["full", "quick", "smoke", "pilot"]  # pilot: full settings, its own seeds (claim plan)
+
+
 class Suite(Strict):
     name: str
     claim: str
@@ -123,7 +145,8 @@ class Suite(Strict):
     rule: Rule
     panels: dict[str, Panel] = Field(default_factory=dict)  # sub-experiments beside the main one
     contrasts: list[Contrast] = Field(default_factory=list)  # within or across panels
-    budgets: dict[Literal["full", "quick", "smoke"], Budget]
+    budgets: dict[Budgets, Budget]
+    seed_plan: SeedPlan | None = None
     deviations: list[str] = Field(default_factory=list)
 
     def panel(self, name: str) -> Panel:
@@ -210,6 +233,12 @@ def load_suite(path: Path) -> Suite:
                 if value == "best" and dotted != nuisance:
                     raise ConfigError(f"{path}: {where}.where: {dotted}=best: only the panel's nuisance "
                                       f"({nuisance or 'none'}) can be chosen at its best")
+    plan = suite.seed_plan
+    if plan is not None:
+        full = suite.budgets.get("full")
+        if full is None or len(full.seeds) < plan.seeds or set(full.seeds) & set(plan.pilot_seeds):
+            raise ConfigError(f"{path}: seed_plan: the full budget needs at least {plan.seeds} seeds, none of them "
+                              f"a pilot seed ({plan.pilot_seeds}); it has {full.seeds if full else 'no full budget'}")
     if suite.rule.guard is not None and suite.rule.name != "paired_difference":
         raise ConfigError(f"{path}: rule.guard: guards paired_difference only, not {suite.rule.name}")
     return suite

@@ -73,6 +73,36 @@ def test_claim(
         raise typer.Exit(code=1)
 
 
+@claim_app.command("plan")
+def plan(
+    name: Annotated[str, typer.Argument(help="A suite name from `bnlab claim list`, or a suite file (.yaml)")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="field=value, applied to every arm")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes")] = None,
+    runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="Where run folders go")] = None,
+) -> None:
+    """Run the suite's pilot budget and print the seed plan for its full budget (docs/claims.md)."""
+    import yaml
+    from rich.console import Console
+
+    from bnlab.cli.progress import SweepLiveView, SweepPlainView
+    from bnlab.lab import plan_claim
+    from bnlab.runs.sweep import SweepOptions
+
+    console = Console()
+    with user_errors():
+        view = SweepLiveView(console) if console.is_terminal else SweepPlainView(console)
+        with view:
+            outcome, seed_plan = plan_claim(name, overrides or [], runs_dir, SweepOptions(workers=workers),
+                                            on_event=view)
+    for item in seed_plan["comparisons"]:
+        typer.echo(f"{item['label']}: pilot sd {item['sd']:.4g} against a margin of {item['margin']:g}: "
+                   f"{item['seeds'] or 'more than 40'} seeds (P(supported | 2 x margin) = {item['p_supported']:.2f}, "
+                   f"P(not supported | 0) = {item['p_not_supported']:.2f})")
+    typer.echo(f"report: {outcome.report_html}")
+    typer.echo("paste into the suite, then give its full budget that many seeds (none of the pilot's):")
+    typer.echo(yaml.safe_dump({"seed_plan": seed_plan}, sort_keys=False).rstrip())
+
+
 @claim_app.command("table")
 def table(
     folder: Annotated[Path, typer.Argument(help="A findings folder: one claim test --out DIR per suite")]

@@ -11,6 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from bnlab.analysis.planning import (
+    PLAN_MIN_SEEDS,
+    PLAN_POWER,
+    outcome_rates,
+    seed_plan,
+    simulated_outcomes,
+)
 from bnlab.analysis.stats import (
     PROJECTION_POWER,
     Paired,
@@ -133,25 +140,33 @@ def test_every_verdict_branch(diffs: list[float], direction: int, expected: tupl
 
 def _simulated_verdicts(effect: float, sd: float, n: int, margin: float, draws: int, rng) -> np.ndarray:
     """Whether a verdict is reached, per simulated experiment of n paired seeds drawn as the
-    projection assumes: the shared verdict rule written out independently, vectorized."""
-    diffs = rng.normal(effect, sd, (draws, n))
-    mean, se = diffs.mean(1), diffs.std(1, ddof=1) / math.sqrt(n)
-    t95, t90 = stats.t.ppf(0.975, n - 1), stats.t.ppf(0.95, n - 1)
-    supported = (mean - t95 * se > 0) & (mean >= margin)
-    opposite = mean + t95 * se < 0
-    equivalent = (mean - t90 * se > -margin) & (mean + t90 * se < margin)
-    return supported | opposite | equivalent
+    projection assumes, by the seed planner's vectorised rule (checked against the real one below)."""
+    supported, not_supported = simulated_outcomes(rng.normal(effect, sd, (draws, n)), margin)
+    return supported | not_supported
 
 
 def test_simulated_rule_is_the_real_rule() -> None:
+    """The planner's vectorised rule gives every simulated experiment the real verdict's outcome."""
     rng = np.random.default_rng(3)
-    for effect, sd, n in [(0.001, 0.002, 6), (0.004, 0.003, 4), (-0.001, 0.001, 5)]:
-        state = rng.bit_generator.state
-        reached = _simulated_verdicts(effect, sd, n, 0.002, 40, rng)
-        rng.bit_generator.state = state
-        for row, expected in zip(rng.normal(effect, sd, (40, n)), reached, strict=True):
-            real = verdict(paired_comparison([0.0] * n, list(row), 0.002), 0.002, 1)
-            assert (real.outcome != "inconclusive") == expected
+    for effect, sd, n in [(0.001, 0.002, 6), (0.004, 0.003, 4), (-0.001, 0.001, 5), (0.0, 0.0008, 8)]:
+        draws = rng.normal(effect, sd, (60, n))
+        supported, not_supported = simulated_outcomes(draws, 0.002)
+        for row, yes, no in zip(draws, supported, not_supported, strict=True):
+            real = verdict(paired_comparison([0.0] * n, list(row), 0.002), 0.002, 1).outcome
+            assert (real == "supported", real == "not supported") == (yes, no)
+
+
+def test_a_seed_plan_meets_both_targets_and_one_seed_fewer_does_not() -> None:
+    """At the planned n, a true effect of twice the margin is judged supported and a true 0 not
+    supported, each with at least 80% probability; at n - 1 one of them falls short."""
+    plan = seed_plan(0.0015, 0.002)
+    assert plan.seeds is not None and plan.seeds > PLAN_MIN_SEEDS
+    assert min(plan.p_supported, plan.p_not_supported) >= PLAN_POWER
+    before = (outcome_rates(0.004, 0.0015, plan.seeds - 1, 0.002)[0],
+              outcome_rates(0.0, 0.0015, plan.seeds - 1, 0.002)[1])
+    assert min(before) < PLAN_POWER
+    assert seed_plan(0.0015, 0.002) == plan  # seeded: a suite's plan is recomputable
+    assert seed_plan(0.02, 0.002).seeds is None  # ten times the margin: equivalence out of reach
 
 
 @pytest.mark.parametrize(
