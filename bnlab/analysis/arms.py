@@ -59,9 +59,44 @@ def metric_value(run: FinishedRun, metric: str) -> float:
         return run.final["train_acc"] - run.final["test_acc"]
     if metric.startswith("eval:"):  # eval:<bn_stats>:<batch size or 'all'>, from evals.csv
         return _eval_metric(run, metric)
-    if metric.split(":")[0] in LAYER_METRICS:
+    kind = metric.split(":")[0]
+    if kind in LAYER_METRICS:
         return _layer_metric(run, metric)
+    if kind in CHECKPOINT_METRICS and ":" in metric:
+        return CHECKPOINT_METRICS[kind](run, *metric.split(":")[1:])
     return run.final.get(metric, math.nan)
+
+
+def _steps(run: FinishedRun, target: str) -> float:
+    return steps_to(run, float(target))
+
+
+def _log_steps(run: FinishedRun, target: str) -> float:
+    return math.log(max(steps_to(run, float(target)), 1.0))
+
+
+def _auc(run: FinishedRun, steps: str) -> float:
+    """The area under the validation-accuracy curve over the first `steps` steps, per step: the
+    mean of val_acc at the evaluation checkpoints up to there (eval.every_steps apart)."""
+    values = [float(row["val_acc"]) for row in run.table("steps") if row.get("val_acc") and
+              int(row["step"]) <= int(steps)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def _matched(run: FinishedRun, column: str, loss: str) -> float:
+    """`column` at the first checkpoint whose eval-mode train loss is at most `loss` (a matched
+    training loss); `gap` is train_eval_acc - test_acc there. NaN when the run never got there."""
+    for row in run.table("steps"):
+        if row.get("train_eval_loss") and float(row["train_eval_loss"]) <= float(loss):
+            if column == "gap":
+                return float(row["train_eval_acc"]) - float(row["test_acc"])
+            return float(row[column])
+    return math.nan
+
+
+# steps.csv checkpoint metrics (docs/claims.md): steps:<target>, log_steps:<target>,
+# auc:<steps>, matched:<column or gap>:<train loss>.
+CHECKPOINT_METRICS = {"steps": _steps, "log_steps": _log_steps, "auc": _auc, "matched": _matched}
 
 
 # layers.csv columns (docs/probes.md): <column> is its mean over every layer and probe step,

@@ -92,7 +92,10 @@ def runs_table(suite: Suite, sweep: Sweep, folder: Path, comparisons: Sequence[C
     left empty: no comparison uses it."""
     metrics: dict[tuple[str, str], set[str]] = {}
     for c in comparisons:
-        sides = [(t["panel"], t["arm"], c.metrics[0]) for t in c.terms] or [
+        sides = [(t["panel"], t["arm"], c.metrics[0]) for t in c.terms]
+        sides += [(t["selection"].get("panel", t["panel"]), t["arm"], t["selection"].get("metric", "val_acc"))
+                  for t in c.terms if "selection" in t]
+        sides = sides or [
             (c.panel, arm, metric) for arm, metric in zip((c.name_a, c.name_b), c.metrics, strict=True)]
         for panel, arm, metric in sides:
             metrics.setdefault((panel, arm), set()).update([metric, *([c.guard["metric"]] if c.guard else [])])
@@ -122,7 +125,8 @@ def comparison_record(c: Comparison, rule: Rule) -> dict[str, Any]:
     """One comparison as verdict.json keeps it (docs/claims.md, "Comparison kinds")."""
     record: dict[str, Any] = {}
     if c.kind == "contrast":  # its metric is written below, as a paired difference's is
-        record |= {"name": c.name_b, "kind": c.kind, "label": c.label, "panel": c.panel, "terms": list(c.terms)}
+        record |= {"name": c.name_b, "kind": c.kind, "label": c.label, "panel": c.panel, "terms": list(c.terms),
+                   "needs": c.needs}
     else:
         record |= {"a": c.name_a, "b": c.name_b, "kind": c.kind, "label": c.label, "panel": c.panel}
     if c.kind == "fraction":

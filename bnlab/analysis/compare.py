@@ -50,6 +50,7 @@ class Comparison:
     terms: tuple[dict[str, Any], ...] = ()  # a contrast's (panel, arm, cell, weight) terms
     margin: float | None = None  # a contrast's own margin and direction, where not the rule's
     direction: int | None = None
+    needs: str | None = None  # a contrast whose "not supported" needs another to hold (suites.Contrast)
 
 
 Value = Callable[[ArmRun, str], float]

@@ -10,14 +10,61 @@ from typing import Any
 from bnlab.analysis.arms import ArmRun, metric_value
 from bnlab.analysis.compare import BEST_CRITERION, Comparison, best_nuisance, metric_words, per_seed
 from bnlab.analysis.stats import Verdict, paired_comparison, plain_words, verdict
-from bnlab.analysis.suites import Contrast, Suite, cell_label
+from bnlab.analysis.suites import Contrast, Suite, Term, cell_label
 
 
 def contrast_comparisons(suite: Suite, axes: dict[str, dict[str, list[Any]]],
                          members: list[ArmRun]) -> list[Comparison]:
     """Every contrast of the suite; `axes` gives each panel's grid at this budget (a term's
     nuisance at `best` is chosen among its values on validation accuracy, never on test)."""
-    return [_contrast(suite, contrast, axes, members) for contrast in suite.contrasts]
+    found = {contrast.name: _contrast(suite, contrast, axes, members) for contrast in suite.contrasts}
+    for contrast in suite.contrasts:
+        if contrast.needs is not None:
+            found[contrast.name] = apply_needs(found[contrast.name], found[contrast.needs])
+    return list(found.values())
+
+
+def apply_needs(comparison: Comparison, needed: Comparison) -> Comparison:
+    """A "not supported" that stands only if `needed`'s 95% CI stays above minus its margin on its
+    claimed side (at least as much, within the margin); else inconclusive, saying why."""
+    if comparison.verdict.outcome != "not supported":
+        return comparison
+    low = min(needed.direction * bound for bound in needed.paired.ci95) if needed.paired.n >= 2 else -math.inf
+    if low > -needed.margin:
+        return replace(comparison, sentence=comparison.sentence + f" It needs {needed.name_b} to hold at least "
+                       f"within its margin, and it does (the CI's low end is {low:.3g} on its claimed side).")
+    return replace(comparison, verdict=Verdict("inconclusive", f"needs {needed.name_b}", None),
+                   sentence=comparison.sentence + f" That would refute the claim only if {needed.name_b} held at "
+                   "least within its margin, which it does not here, so this is inconclusive.")
+
+
+def _select(term: Term, nuisance: str, axes: dict[str, dict[str, list[Any]]], members: list[ArmRun]) -> dict:
+    """The term's `best` nuisance value: by its `select` (another panel's runs, a metric, highest or
+    lowest mean over the runs that trained), else the highest mean val_acc on its own panel."""
+    if term.select is None:
+        candidates = axes[term.panel][nuisance]
+        fixed = {dotted: value for dotted, value in term.where.items() if dotted != nuisance}
+        picked = best_nuisance([m for m in members if m.panel == term.panel and m.arm == term.arm and m.at(fixed)],
+                               nuisance, candidates)
+        return {"selection": "best", "axis": nuisance, "criterion": BEST_CRITERION, "candidates": list(candidates),
+                "picked": picked}
+    select = term.select
+    panel = select.panel or term.panel
+    candidates = axes[panel][nuisance]
+    fixed = {dotted: value for dotted, value in term.where.items() if dotted != nuisance}
+    runs = [m for m in members if m.panel == panel and m.arm == term.arm and m.at(fixed)]
+
+    def mean(value: Any) -> float:
+        found = [metric_value(m.run, select.metric) for m in runs if m.cell.get(nuisance) == value]
+        finite = [v for v in found if math.isfinite(v)]
+        if not finite:
+            return math.inf if select.lower else -math.inf
+        return sum(finite) / len(finite)
+
+    picked = (min if select.lower else max)(candidates, key=mean)
+    return {"selection": "best", "axis": nuisance, "panel": panel, "metric": select.metric, "lower": select.lower,
+            "criterion": f"the {'lowest' if select.lower else 'highest'} mean {select.metric} over the arm's runs "
+                         f"that trained in panel {panel}", "candidates": list(candidates), "picked": picked}
 
 
 def _contrast(suite: Suite, contrast: Contrast, axes: dict[str, dict[str, list[Any]]],
@@ -34,12 +81,8 @@ def _contrast(suite: Suite, contrast: Contrast, axes: dict[str, dict[str, list[A
                                   "weight": term.weight}
         nuisance = suite.panel(term.panel).nuisance
         if nuisance and cell.get(nuisance) == "best":
-            fixed = {dotted: value for dotted, value in cell.items() if dotted != nuisance}
-            candidates = axes[term.panel][nuisance]
-            cell[nuisance] = best_nuisance([m for m in in_panel if m.arm == term.arm and m.at(fixed)], nuisance,
-                                           candidates)
-            record["selection"] = {"selection": "best", "axis": nuisance, "criterion": BEST_CRITERION,
-                                   "candidates": list(candidates), "picked": cell[nuisance]}
+            record["selection"] = _select(term, nuisance, axes, members)
+            cell[nuisance] = record["selection"]["picked"]
         record["cell"] = cell
         terms.append(record)
         chosen.append(per_seed(in_panel, term.arm, cell))
@@ -71,4 +114,4 @@ def _contrast(suite: Suite, contrast: Contrast, axes: dict[str, dict[str, list[A
                      "left out of the contrast, which can favour the arm that failed.")
     return Comparison(contrast.name, "", contrast.name, paired, outcome, sentence, primary=not contrast.secondary,
                       n_dropped=n_dropped, kind="contrast", metrics=(metric, metric), per_seed=rows,
-                      terms=tuple(terms), margin=margin, direction=direction)
+                      terms=tuple(terms), margin=margin, direction=direction, needs=contrast.needs)

@@ -6,7 +6,6 @@ least the margin, so it comes out about half the time whatever the seeds."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 

@@ -34,6 +34,7 @@ class MoreSeeds(Strict):
 class PanelBudget(Strict):
     set: dict[str, Any] = Field(default_factory=dict)  # applied after the panel's own `set`
     grid: dict[str, list[Any]] = Field(default_factory=dict)  # replaces the panel's axes
+    seeds: list[int] | None = None  # the budget's by default; selection panels use seeds of their own
 
 
 class Budget(Strict):
@@ -82,11 +83,21 @@ class Panel(Strict):
     primary: dict[str, Any] = Field(default_factory=dict)
 
 
+class Selection(Strict):
+    """Where a term's `best` nuisance value is chosen: on another panel's runs (selection seeds
+    the comparison does not use), by the mean of a metric, highest or lowest."""
+
+    panel: str | None = None  # the term's own panel by default
+    metric: str = "val_acc"
+    lower: bool = False  # True: the smallest mean wins (steps to a target)
+
+
 class Term(Strict):
     arm: str
     panel: str = MAIN
     where: dict[str, Any] = Field(default_factory=dict)  # the cell; the nuisance may be "best"
     weight: float
+    select: Selection | None = None  # how `best` is chosen; highest val_acc on the term's panel by default
 
 
 class Contrast(Strict):
@@ -99,6 +110,10 @@ class Contrast(Strict):
     margin: float | None = Field(default=None, gt=0)  # the rule's by default
     direction: Literal[1, -1] | None = None  # the rule's by default
     secondary: bool = False  # a primary comparison unless marked secondary
+    # Another contrast whose 95% CI must stay above minus its margin (on its claimed side) for a
+    # "not supported" here to stand; else inconclusive. ics: noisy BN keeping BN's speed-up refutes
+    # "BN works by reducing ICS" only if its input drifts at least as much as without BN.
+    needs: str | None = None
 
 
 class PlannedComparison(Strict):
@@ -230,6 +245,8 @@ def load_suite(path: Path) -> Suite:
                 if dotted not in axes:
                     raise ConfigError(f"{path}: {where}.where: {dotted} is not an axis of panel {term.panel}; "
                                       f"axes: {', '.join(sorted(axes)) or 'none'}")
+                if value == "best" and term.select is not None and term.select.panel is not None:
+                    _known(path, f"{where}.select.panel", term.select.panel, suite.panel_names(), "panels")
                 if value == "best" and dotted != nuisance:
                     raise ConfigError(f"{path}: {where}.where: {dotted}=best: only the panel's nuisance "
                                       f"({nuisance or 'none'}) can be chosen at its best")
@@ -239,6 +256,11 @@ def load_suite(path: Path) -> Suite:
         if full is None or len(full.seeds) < plan.seeds or set(full.seeds) & set(plan.pilot_seeds):
             raise ConfigError(f"{path}: seed_plan: the full budget needs at least {plan.seeds} seeds, none of them "
                               f"a pilot seed ({plan.pilot_seeds}); it has {full.seeds if full else 'no full budget'}")
+    names = [contrast.name for contrast in suite.contrasts]
+    for index, contrast in enumerate(suite.contrasts):
+        if contrast.needs is not None and contrast.needs not in names or contrast.needs == contrast.name:
+            raise ConfigError(f"{path}: contrasts.{index}.needs: {contrast.needs!r} is not another contrast; "
+                              f"contrasts: {', '.join(names)}")
     if suite.rule.guard is not None and suite.rule.name != "paired_difference":
         raise ConfigError(f"{path}: rule.guard: guards paired_difference only, not {suite.rule.name}")
     return suite
@@ -311,7 +333,8 @@ def suite_sweep(suite: Suite, budget: str, overrides: Sequence[str],
         for arm_name in suite.panel_arms(panel_name):
             arm = suite.arms[arm_name]
             crossed = {dotted: values for dotted, values in grid.items() if dotted not in arm.get("not_crossed", [])}
-            for cell, seed, cfg in expand(base_raw, crossed, plan.seeds, f"{source}: arm {arm_name}",
+            seeds = (plan.panels[panel_name].seeds if panel_name in plan.panels else None) or plan.seeds
+            for cell, seed, cfg in expand(base_raw, crossed, seeds, f"{source}: arm {arm_name}",
                                           fixed=arm_fields(arm),
                                           more_seeds=lambda cell, panel=panel_name: _more_seeds(plan, panel, cell)):
                 run_id = cfg.run_id()

@@ -92,6 +92,11 @@ def recheck(folder: Path) -> int:
         outcome, reason, ci95, ci90 = _outcome(d, comparison["margin"], comparison["direction"])
         if "guard" in comparison:
             outcome, reason = _recheck_guard(comparison, runs, outcome, reason, where)
+        if comparison.get("needs") and outcome == "not supported":
+            needed = next(c for c in verdict["comparisons"] if c.get("name") == comparison["needs"])
+            low = min(needed["direction"] * x for x in needed["ci"]) if needed["n"] >= 2 else -math.inf
+            if not low > -needed["margin"]:
+                outcome, reason = "inconclusive", f"needs {needed['name']}"
         assert _close(comparison["mean"], sum(d) / len(d)), where
         for ours, theirs in ((ci95, comparison["ci"]), (ci90, comparison["ci90"])):
             assert all(_close(x, y) if not math.isnan(x) else y is None for x, y in zip(ours, theirs, strict=True)), (
@@ -126,9 +131,11 @@ def _contrast_values(comparison: dict[str, Any], runs: pd.DataFrame, where: str)
     for index, term in enumerate(terms):
         rows = _rows(runs, term["arm"], term["panel"])
         if "selection" in term:
-            fixed = {k: v for k, v in term["where"].items() if k != term["selection"]["axis"]}
-            _recheck_pick({**term["selection"], "picked": {term["arm"]: term["selection"]["picked"]}}, fixed, rows,
-                          term["arm"], where)
+            selection = term["selection"]
+            fixed = {k: v for k, v in term["where"].items() if k != selection["axis"]}
+            source = _rows(runs, term["arm"], selection.get("panel", term["panel"]))
+            _recheck_pick({**selection, "picked": {term["arm"]: selection["picked"]}}, fixed, source, term["arm"],
+                          where, selection.get("metric", "val_acc"), selection.get("lower", False))
         counted = [row["runs"][index][0] for row in comparison["per_seed"]]
         statuses = rows[rows["run_id"].isin(counted)]
         assert len(statuses) == len(counted) == term["failures"]["total"], where
@@ -195,9 +202,9 @@ def _recheck_failures(comparison: dict[str, Any], runs: pd.DataFrame, where: str
 
 
 def _recheck_pick(selection: dict[str, Any], stratum: dict[str, Any], rows: pd.DataFrame, arm: str,
-                  where: str) -> None:
-    """The arm's pick is the candidate with the highest mean val_acc over its runs that trained
-    among `rows` (its runs.csv rows in the comparison's panel) in the stratum."""
+                  where: str, metric: str = "val_acc", lower: bool = False) -> None:
+    """The arm's pick is the candidate with the highest (or, `lower`, lowest) mean `metric` over its
+    runs that trained among `rows` (its runs.csv rows in the panel chosen on) in the stratum."""
     axis = selection["axis"]
     at_stratum = rows
     for dotted, value in stratum.items():
@@ -205,8 +212,10 @@ def _recheck_pick(selection: dict[str, Any], stratum: dict[str, Any], rows: pd.D
     means = {}
     for candidate in selection["candidates"]:
         trained = at_stratum[(at_stratum[axis].astype(str) == _csv_text(candidate)) & (at_stratum["status"] == "done")]
-        means[json.dumps(candidate)] = trained["val_acc"].mean() if len(trained) else -math.inf
-    assert max(means, key=means.get) == json.dumps(selection["picked"][arm]), (where, arm, means)
+        finite = trained[metric].dropna()
+        means[json.dumps(candidate)] = finite.mean() if len(finite) else (math.inf if lower else -math.inf)
+    best = (min if lower else max)(means, key=means.get)
+    assert best == json.dumps(selection["picked"][arm]), (where, arm, means)
 
 
 def _csv_text(value: Any) -> str:

@@ -33,7 +33,8 @@ def _suite(tmp_path: Path, tiny_mnist: Path) -> Path:
         "arms": {"no-BN": {"model.bn": "none"}, "BN": {"model.bn": "after"}},
         "compare": [["no-BN", "BN"]], "nuisance": "train.lr",
         "panels": {"wide": {"set": {"model.hidden": [24]}, "compare": [["no-BN", "BN"]]},
-                   "shared": {"set": {"train.lr": 0.003}, "arms": ["BN"]}},
+                   "shared": {"set": {"train.lr": 0.003}, "arms": ["BN"]},
+                   "select": {"grid": {"train.lr": [0.003, 0.01]}, "set": {"eval.every_steps": 5}}},
         "contrasts": [
             {"name": "lr-interaction", "terms": [
                 {"arm": "BN", "where": {"train.lr": 0.01}, "weight": 1},
@@ -43,10 +44,14 @@ def _suite(tmp_path: Path, tiny_mnist: Path) -> Path:
             {"name": "best-against-shared", "secondary": True, "terms": [
                 {"arm": "BN", "where": {"train.lr": "best"}, "weight": 1},
                 {"arm": "BN", "panel": "shared", "weight": -1}]},
+            {"name": "chosen-elsewhere", "secondary": True, "needs": "lr-interaction", "terms": [
+                {"arm": "BN", "where": {"train.lr": "best"}, "weight": 1,
+                 "select": {"panel": "select", "metric": "log_steps:0.5", "lower": True}},
+                {"arm": "no-BN", "where": {"train.lr": 0.003}, "weight": -1}]},
         ],
         "rule": {"name": "paired_difference", "metric": "test_acc", "margin": 0.002,
                  "guard": {"metric": "val_acc", "margin": 0.5}},
-        "budgets": {"smoke": {"seeds": [0, 1, 2]}},
+        "budgets": {"smoke": {"seeds": [0, 1, 2], "panels": {"select": {"seeds": [7, 8]}}}},
     }
     path = tmp_path / "panels.yaml"
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
@@ -65,8 +70,8 @@ def finding(tmp_path_factory: pytest.TempPathFactory, tiny_mnist: Path) -> Path:
 
 def test_a_run_two_panels_generate_alike_trains_once_and_serves_both(finding: Path) -> None:
     verdict = json.loads((finding / "verdict.json").read_text())
-    # main: 2 arms x 2 lrs x 3 seeds; wide: 2 arms x 3 seeds; shared: nothing new.
-    assert verdict["runs"] == verdict["runs_trained"] == 18
+    # main: 2 arms x 2 lrs x 3 seeds; wide: 2 arms x 3 seeds; shared: nothing new; select: 2 x 2 x its 2 seeds.
+    assert verdict["runs"] == verdict["runs_trained"] == 26
     rows = list(csv.DictReader(io.StringIO((finding / "runs.csv").read_text())))
     shared = {row["run_id"] for row in rows if row["panel"] == "shared"}
     main_bn = {row["run_id"] for row in rows if (row["panel"], row["arm"], row["train.lr"]) == ("main", "BN", "0.003")}
@@ -90,6 +95,10 @@ def test_comparisons_carry_their_panel_and_contrasts_their_terms(finding: Path) 
     across = next(c for c in comparisons if c.get("name") == "best-against-shared")
     assert not across["primary"] and across["terms"][0]["selection"]["picked"] in (0.003, 0.01)
     assert across["terms"][1]["panel"] == "shared"
+    elsewhere = next(c for c in comparisons if c.get("name") == "chosen-elsewhere")
+    selection = elsewhere["terms"][0]["selection"]
+    assert (selection["panel"], selection["metric"], selection["lower"]) == ("select", "log_steps:0.5", True)
+    assert elsewhere["needs"] == "lr-interaction" and {row["seed"] for row in elsewhere["per_seed"]} == {0, 1, 2}
 
 
 def test_the_finding_rechecks_and_the_recheck_can_fail(finding: Path, tmp_path: Path) -> None:
@@ -134,3 +143,23 @@ def test_a_guarded_verdict_is_supported_only_when_the_guard_holds() -> None:
     assert guarded(supported, "fails") == Verdict("not supported", "guard fails", None)
     assert guarded(inconclusive, "holds") == inconclusive
     assert guarded(opposite, "unsettled") == opposite
+
+
+def test_a_refutation_that_needs_another_contrast_stands_only_when_that_one_holds() -> None:
+    """ics: noisy BN keeping BN's speed-up refutes the claim only if its input drifts at least as
+    much as without BN (the needed contrast's CI above minus its margin); else inconclusive."""
+    from bnlab.analysis.compare import Comparison
+    from bnlab.analysis.contrast import apply_needs
+    from bnlab.analysis.stats import paired_comparison
+
+    def contrast(name: str, values: list[float], outcome: str) -> Comparison:
+        paired = paired_comparison([0.0] * len(values), values, 0.01)
+        return Comparison(name, "", name, paired, Verdict(outcome, "equivalent", None), "", kind="contrast",
+                          margin=0.01, direction=1)
+
+    refuting = contrast("keeps-speed-up", [0.001, -0.002, 0.0], "not supported")
+    assert apply_needs(refuting, contrast("drifts", [0.05, 0.04, 0.06], "supported")).verdict.outcome == "not supported"
+    weaker = apply_needs(refuting, contrast("drifts", [-0.05, -0.04, -0.06], "not supported"))
+    assert (weaker.verdict.outcome, weaker.verdict.reason) == ("inconclusive", "needs drifts")
+    supporting = contrast("keeps-speed-up", [0.05, 0.04, 0.06], "supported")
+    assert apply_needs(supporting, contrast("drifts", [-0.05, -0.04, -0.06], "not supported")) == supporting
