@@ -57,7 +57,7 @@ def metric_value(run: FinishedRun, metric: str) -> float:
         return math.nan
     if metric == "gap":  # generalization gap: train accuracy minus test accuracy
         return run.final["train_acc"] - run.final["test_acc"]
-    if metric.startswith("eval:"):  # eval:<bn_stats>:<batch size or 'all'>, from evals.csv
+    if metric.startswith(("eval:", "disagree:")):  # <kind>:<bn_stats>:<batch size or 'all'>, from evals.csv
         return _eval_metric(run, metric)
     kind = metric.split(":")[0]
     if kind in LAYER_METRICS:
@@ -113,10 +113,13 @@ def _layer_metric(run: FinishedRun, metric: str) -> float:
 
 
 def _eval_metric(run: FinishedRun, metric: str) -> float:
-    _, mode, size = metric.split(":")
+    """eval: the test accuracy of an evals.csv row; disagree: its share of predictions that differ
+    from the running-statistics ones."""
+    kind, mode, size = metric.split(":")
     for row in run.table("evals"):
         if row["split"] == "test" and row["bn_stats"] == mode and (row["batch_size"] or "all") == size:
-            return float(row["acc"])
+            value = row["acc" if kind == "eval" else "disagree"]
+            return float(value) if value else math.nan
     return math.nan
 
 

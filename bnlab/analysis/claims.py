@@ -13,7 +13,7 @@ from typing import Any
 from bnlab.analysis.arms import first_reach, metric_value, read_arm_runs
 from bnlab.analysis.compare import Comparison
 from bnlab.analysis.contrast import contrast_comparisons
-from bnlab.analysis.rules import FORGIVING_TOLERANCE, RULES
+from bnlab.analysis.rules import FORGIVING_TOLERANCE, RULES, STABLE_TOLERANCE
 from bnlab.analysis.suites import MAIN, Rule, Suite
 from bnlab.config import cell_values
 from bnlab.config.spec import Sweep
@@ -92,7 +92,7 @@ def runs_table(suite: Suite, sweep: Sweep, folder: Path, comparisons: Sequence[C
     left empty: no comparison uses it."""
     metrics: dict[tuple[str, str], set[str]] = {}
     for c in comparisons:
-        sides = [(t["panel"], t["arm"], c.metrics[0]) for t in c.terms]
+        sides = [(t["panel"], t["arm"], t["metric"]) for t in c.terms]
         sides += [(t["selection"].get("panel", t["panel"]), t["arm"], t["selection"].get("metric", "val_acc"))
                   for t in c.terms if "selection" in t]
         sides = sides or [
@@ -129,10 +129,12 @@ def comparison_record(c: Comparison, rule: Rule) -> dict[str, Any]:
                    "needs": c.needs}
     else:
         record |= {"a": c.name_a, "b": c.name_b, "kind": c.kind, "label": c.label, "panel": c.panel}
-    if c.kind == "fraction":
-        record |= {"metric": "val_acc", "tolerance": FORGIVING_TOLERANCE}
+    if c.kind == "fraction":  # the reference is the best cell of either arm, per seed
+        record |= {"metric": "val_acc", "tolerance": FORGIVING_TOLERANCE, "reference": "both arms"}
     elif c.kind == "log_ratio":
         record |= {"metric": "steps", "target": rule.target or 0.97}
+    elif c.kind == "largest_stable_lr":
+        record |= {"metric": "val_acc", "tolerance": STABLE_TOLERANCE}
     elif c.metrics[0] == c.metrics[1]:
         record["metric"] = c.metrics[0]
     else:

@@ -51,11 +51,14 @@ class Comparison:
     margin: float | None = None  # a contrast's own margin and direction, where not the rule's
     direction: int | None = None
     needs: str | None = None  # a contrast whose "not supported" needs another to hold (suites.Contrast)
+    unit: str | None = None  # a contrast's own unit and scale, where not the rule's
+    scale: float | None = None
 
 
 Value = Callable[[ArmRun, str], float]
 RunsOf = Callable[[ArmRun], list[str]]
-KINDS = ("paired_difference", "log_ratio", "fraction", "contrast")
+KINDS = ("paired_difference", "log_ratio", "fraction", "contrast", "largest_stable_lr")
+LOG_KINDS = ("log_ratio", "largest_stable_lr")  # compared as ln(B / A)
 BEST_CRITERION = "the highest mean validation accuracy over the arm's runs that trained"
 
 
@@ -156,7 +159,7 @@ def _compare(suite: Suite, facts: Comparison, chosen_a: dict[int, ArmRun], chose
     seeds = sorted(chosen_a.keys() & chosen_b.keys())
     per_seed = [{"seed": s, "value_a": value(chosen_a[s], metrics[0]), "value_b": value(chosen_b[s], metrics[1]),
                  "runs_a": runs_of(chosen_a[s]), "runs_b": runs_of(chosen_b[s])} for s in seeds]
-    statistic = math.log if facts.kind == "log_ratio" else float
+    statistic = math.log if facts.kind in LOG_KINDS else float
     values_a = [statistic(row["value_a"]) if math.isfinite(row["value_a"]) else math.nan for row in per_seed]
     values_b = [statistic(row["value_b"]) if math.isfinite(row["value_b"]) else math.nan for row in per_seed]
     paired = paired_comparison(values_a, values_b, rule.margin)

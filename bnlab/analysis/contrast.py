@@ -78,7 +78,7 @@ def _contrast(suite: Suite, contrast: Contrast, axes: dict[str, dict[str, list[A
         in_panel = [m for m in members if m.panel == term.panel]
         cell = dict(term.where)
         record: dict[str, Any] = {"panel": term.panel, "arm": term.arm, "where": dict(term.where),
-                                  "weight": term.weight}
+                                  "weight": term.weight, "metric": term.metric or metric}
         nuisance = suite.panel(term.panel).nuisance
         if nuisance and cell.get(nuisance) == "best":
             record["selection"] = _select(term, nuisance, axes, members)
@@ -89,7 +89,8 @@ def _contrast(suite: Suite, contrast: Contrast, axes: dict[str, dict[str, list[A
     seeds = sorted(set.intersection(*(set(by_seed) for by_seed in chosen)))
     rows = []
     for seed in seeds:
-        values = [metric_value(by_seed[seed].run, metric) for by_seed in chosen]
+        values = [metric_value(by_seed[seed].run, term.metric or metric)
+                  for term, by_seed in zip(contrast.terms, chosen, strict=True)]
         value = sum(t.weight * v for t, v in zip(contrast.terms, values, strict=True))
         rows.append({"seed": seed, "values": values, "runs": [[by_seed[seed].run.folder.name] for by_seed in chosen],
                      "value": value if math.isfinite(value) else math.nan})
@@ -100,11 +101,13 @@ def _contrast(suite: Suite, contrast: Contrast, axes: dict[str, dict[str, list[A
     # Against a constant zero the means of the "arms" and Welch's test say nothing.
     paired = replace(paired, mean_a=math.nan, mean_b=math.nan, welch_p=math.nan)
     outcome: Verdict = verdict(paired, margin, direction)
-    formula = " ".join(f"{t['weight']:+g} × {t['arm']} at {cell_label(t['cell'])}"
+    formula = " ".join(f"{t['weight']:+g} × {t['arm']}"
+                       + ("" if t["metric"] == metric else f"'s {t['metric']}") + f" at {cell_label(t['cell'])}"
                        + ("" if t["panel"] == "main" else f" (panel {t['panel']})") for t in terms)
+    unit = rule.unit if contrast.unit is None else contrast.unit
+    scale = rule.scale if contrast.scale is None else contrast.scale
     sentence = plain_words(paired, outcome, name_a="zero", name_b=f"the contrast {contrast.name}",
-                           metric=metric_words(metric), unit=rule.unit, scale=rule.scale, margin=margin,
-                           direction=direction)
+                           metric=metric_words(metric), unit=unit, scale=scale, margin=margin, direction=direction)
     sentence = f"{sentence} The contrast is {formula}, per seed."
     failed = [f"{t['arm']} at {cell_label(t['cell'])} {t['failures']['failed']}/{t['failures']['total']}"
               for t in terms if t["failures"]["failed"]]
@@ -114,4 +117,5 @@ def _contrast(suite: Suite, contrast: Contrast, axes: dict[str, dict[str, list[A
                      "left out of the contrast, which can favour the arm that failed.")
     return Comparison(contrast.name, "", contrast.name, paired, outcome, sentence, primary=not contrast.secondary,
                       n_dropped=n_dropped, kind="contrast", metrics=(metric, metric), per_seed=rows,
-                      terms=tuple(terms), margin=margin, direction=direction, needs=contrast.needs)
+                      terms=tuple(terms), margin=margin, direction=direction, needs=contrast.needs,
+                      unit=unit, scale=scale)

@@ -314,9 +314,10 @@ def _claim_section(claim: ClaimResult) -> Section:
             p = c.paired
             failed = (f"{c.rates.failures_a}/{c.rates.total_a}, {c.rates.failures_b}/{c.rates.total_b}"
                       if c.rates is not None else "–")
+            own = _effect_format({"unit": c.unit, "scale": c.scale})[1] if c.unit is not None else effect
             rows.append([c.label + (" (primary)" if c.primary else ""), c.name_a or "(contrast)", c.name_b, str(p.n),
-                         str(c.n_dropped), failed, effect(p.diff_mean),
-                         f"[{effect(p.ci95[0])}, {effect(p.ci95[1])}]" if p.n >= 2 else "n<2: no CI",
+                         str(c.n_dropped), failed, own(p.diff_mean),
+                         f"[{own(p.ci95[0])}, {own(p.ci95[1])}]" if p.n >= 2 else "n<2: no CI",
                          _p(p.p_value), _p(p.tost_p), _p(p.welch_p),
                          Badge(c.verdict.outcome, "" if c.verdict.reason == c.verdict.outcome else c.verdict.reason)])
         blocks.append(Table(["comparison", "A", "B", "n", "dropped", "did not train (A, B)", header, "95% CI",

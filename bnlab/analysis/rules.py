@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from bnlab.analysis.arms import ArmRun, metric_value, steps_to
 from bnlab.analysis.compare import Comparison, Value, compare_arms, mean_val, per_seed, strata
 from bnlab.analysis.stats import PROJECTION_MAX_SEEDS, PROJECTION_POWER, rate_comparison
-from bnlab.analysis.suites import Suite
+from bnlab.analysis.suites import Suite, cell_label
 from bnlab.config.spec import Sweep
 from bnlab.records import FinishedRun
 
 FORGIVING_TOLERANCE = 0.01  # a cell is forgiving when its validation accuracy is this close to the best
+STABLE_TOLERANCE = 0.01  # an lr is stable when its run trained and its val_acc is this close to the best
 
 
 def _of_run(metric_of: Callable[[FinishedRun, str], float]) -> Value:
@@ -33,14 +35,13 @@ def rule_steps_to_target(suite: Suite, sweep: Sweep, members: list[ArmRun]) -> t
         return max(steps_to(member.run, target), 1.0)
 
     comparisons = compare_arms(suite, sweep, members, steps, kind="log_ratio")
-    return [_as_ratio(c, target, suite.rule.margin, suite.rule.direction) for c in comparisons], []
+    quantity = f"steps to {100 * target:.0f}% validation accuracy"
+    return [_as_ratio(c, quantity, suite.rule.margin, suite.rule.direction) for c in comparisons], []
 
 
-def _as_ratio(c: Comparison, target: float, margin: float, direction: int) -> Comparison:
+def _as_ratio(c: Comparison, quantity: str, margin: float, direction: int) -> Comparison:
     """The comparison's sentence in ratios B / A (the statistic is a mean log-ratio), with the
     CI's ends beside the margin as a ratio too; the notes plain_words added are kept."""
-    from dataclasses import replace
-
     p = c.paired
     if p.n == 0:
         return c
@@ -67,32 +68,43 @@ def _as_ratio(c: Comparison, target: float, margin: float, direction: int) -> Co
     }.get((c.verdict.outcome, c.verdict.reason),
           f"the CI reaches {reach} on the claim's side, against {against}; inconclusive at this sample size; "
           f"projection: {projection}")
-    sentence = (f"{c.name_b} reached {100 * target:.0f}% validation accuracy in {ratio(p.diff_mean)} the "
-                f"steps of {c.name_a}{ci} over {p.n} paired seed(s); {tail}.")
+    sentence = (f"{c.name_b}'s {quantity} was {ratio(p.diff_mean)} that of {c.name_a}{ci} over {p.n} paired "
+                f"seed(s); {tail}.")
     notes = c.sentence.split(" over ", 1)[1].split(". ", 1)
     return replace(c, sentence=sentence + (" " + notes[1] if len(notes) > 1 else ""))
 
 
 def rule_stable_lr(suite: Suite, sweep: Sweep, members: list[ArmRun]) -> tuple[list[Comparison], list]:
-    """Failures per arm and lr (exact intervals, Fisher exact), each arm's stable window, and the
-    paired accuracy difference at the claim's lr (`primary`)."""
+    """Per stratum and seed, each arm's largest stable learning rate (its run trained and its
+    validation accuracy is within STABLE_TOLERANCE of that seed's best over the arm's lrs),
+    compared as a paired log-ratio B / A against the margin (ln 3: a 3x higher stable lr); beside
+    it, failures per arm and lr (exact intervals, Fisher exact) and each arm's pooled window."""
     import pandas as pd
 
-    comparisons = compare_arms(suite, sweep, members, _of_run(metric_value))
     lr_field = suite.nuisance or "train.lr"
     lrs = sweep.axes[lr_field]
-    rows, windows = [], []
+    largest: dict[tuple[str, int, str], float] = {}
+    runs_of: dict[tuple[str, int, str], list[str]] = {}
+    by_seed, rows, windows = [], [], []
     for stratum in strata(suite, sweep):
+        key = cell_label(stratum)
         for pair in suite.compare:
             a_name, b_name = pair[:2]
             stable = {}
             at_lr: dict[str, dict[Any, list[ArmRun]]] = {}
             for arm_name in (a_name, b_name):
-                at_lr[arm_name] = {lr: list(per_seed(members, arm_name, {**stratum, lr_field: lr}).values())
-                                   for lr in lrs}
+                chosen = {lr: per_seed(members, arm_name, {**stratum, lr_field: lr}) for lr in lrs}
+                at_lr[arm_name] = {lr: list(runs.values()) for lr, runs in chosen.items()}
+                for seed in set.intersection(*(set(runs) for runs in chosen.values())):
+                    if (arm_name, seed, key) not in largest:
+                        seed_runs = {lr: chosen[lr][seed] for lr in lrs}
+                        largest[arm_name, seed, key] = largest_stable(seed_runs)
+                        runs_of[arm_name, seed, key] = [m.run.folder.name for m in seed_runs.values()]
+                        by_seed.append(ArmRun(arm_name, dict(stratum), seed,
+                                                  _any_run([m.run for m in seed_runs.values()])))
                 best = max((mean_val(runs) for runs in at_lr[arm_name].values()), default=-math.inf)
                 stable[arm_name] = [lr for lr, runs in at_lr[arm_name].items()
-                                    if all(m.run.trained for m in runs) and mean_val(runs) >= best - 0.01]
+                                    if all(m.run.trained for m in runs) and mean_val(runs) >= best - STABLE_TOLERANCE]
             for lr in lrs:
                 at_a, at_b = at_lr[a_name][lr], at_lr[b_name][lr]
                 rates = rate_comparison(sum(not m.run.trained for m in at_a), len(at_a),
@@ -105,12 +117,32 @@ def rule_stable_lr(suite: Suite, sweep: Sweep, members: list[ArmRun]) -> tuple[l
             windows.append({**stratum, **{f"{arm} stable lrs": ", ".join(map(str, stable[arm])) or "none"
                                           for arm in (a_name, b_name)},
                             **{f"{arm} largest stable lr": max(stable[arm], default=None) for arm in (a_name, b_name)}})
+    once = suite.model_copy(update={"nuisance": None,
+                                    "primary": {k: v for k, v in suite.primary.items() if k in suite.within}})
+    comparisons = compare_arms(
+        once, sweep, by_seed, lambda member, _metric: largest[member.arm, member.seed, cell_label(member.cell)],
+        kind="largest_stable_lr", runs_of=lambda member: runs_of[member.arm, member.seed, cell_label(member.cell)],
+        trained={m.run.folder.name: m.run.trained for m in members})
+    comparisons = [replace(c, selection={"selection": "largest_stable", "axis": lr_field,
+                                         "tolerance": STABLE_TOLERANCE}) for c in comparisons]
     tables = [("Runs that failed to train (diverged, failed, or final train loss above ln 10), per lr, with exact "
                "95% intervals; a Fisher p can never go below the smallest reachable p with these runs",
                pd.DataFrame(rows)),
-              ("Stable learning-rate window per arm (no failures, accuracy within 1 pp of the arm's best)",
-               pd.DataFrame(windows))]
-    return comparisons, tables
+              ("Stable learning-rate window per arm, pooled over seeds (no failures, mean accuracy within 1 pp of "
+               "the arm's best)", pd.DataFrame(windows))]
+    return [_as_ratio(c, "largest stable learning rate", suite.rule.margin, suite.rule.direction)
+            for c in comparisons], tables
+
+
+def largest_stable(runs: dict[Any, ArmRun]) -> float:
+    """The largest lr (key) whose run trained and whose validation accuracy is within
+    STABLE_TOLERANCE of the best of these runs; NaN when none trained."""
+    values = {lr: metric_value(member.run, "val_acc") for lr, member in runs.items()}
+    finite = [value for value in values.values() if math.isfinite(value)]
+    if not finite:
+        return math.nan
+    return float(max(lr for lr, value in values.items() if math.isfinite(value)
+                     and value >= max(finite) - STABLE_TOLERANCE))
 
 
 def _rate_cell(failures: int, total: int, ci: tuple[float, float]) -> str:
@@ -118,29 +150,41 @@ def _rate_cell(failures: int, total: int, ci: tuple[float, float]) -> str:
 
 
 def rule_forgiving_fraction(suite: Suite, sweep: Sweep, members: list[ArmRun]) -> tuple[list[Comparison], list]:
-    """Per arm and seed: the fraction of grid cells whose validation accuracy is within 1 pp of
-    that arm's best cell (docs/literature.md C8); a cell that failed to train is not forgiving. Compared
-    paired over seeds."""
-    fraction: dict[tuple[str, int], float] = {}
-    for arm_name in {name for pair in suite.compare for name in pair[:2]}:
-        arm = [m for m in members if m.arm == arm_name]
-        for seed in {m.seed for m in arm}:
-            values = [metric_value(m.run, "val_acc") for m in arm if m.seed == seed]
-            best = max((v for v in values if math.isfinite(v)), default=math.nan)
-            fraction[arm_name, seed] = sum(math.isfinite(v) and v >= best - FORGIVING_TOLERANCE
-                                           for v in values) / len(values)
+    """Per pair, arm and seed: the fraction of the arm's grid cells whose validation accuracy is
+    within FORGIVING_TOLERANCE of the best cell of either arm of the pair for that seed (one
+    tolerance, one reference for both arms, so an arm with a poor best is not forgiven for it);
+    a cell that failed to train is not forgiving. Compared paired over seeds."""
+    comparisons = []
     # One number per arm and seed: compared once over all cells, not per cell.
     once = suite.model_copy(update={"within": [], "nuisance": None, "primary": {}})
-    by_seed = [ArmRun(arm, {}, seed, _any_run(members, arm, seed)) for arm, seed in fraction]
-    return compare_arms(once, sweep, by_seed, lambda member, _metric: fraction[member.arm, member.seed],
-                        kind="fraction", runs_of=lambda member: sorted(
-                            m.run.folder.name for m in members if (m.arm, m.seed) == (member.arm, member.seed)),
-                        trained={m.run.folder.name: m.run.trained for m in members}), []
+    for pair in suite.compare:
+        names = pair[:2]
+        fraction: dict[tuple[str, int], float] = {}
+        by_arm_seed = {(m.arm, m.seed): [] for m in members if m.arm in names}
+        for m in members:
+            if m.arm in names:
+                by_arm_seed[m.arm, m.seed].append(metric_value(m.run, "val_acc"))
+        for seed in {seed for _, seed in by_arm_seed}:
+            both = [v for arm in names for v in by_arm_seed.get((arm, seed), []) if math.isfinite(v)]
+            best = max(both, default=math.nan)
+            for arm in names:
+                values = by_arm_seed.get((arm, seed), [])
+                if values:
+                    fraction[arm, seed] = sum(math.isfinite(v) and v >= best - FORGIVING_TOLERANCE
+                                              for v in values) / len(values)
+        by_seed = [ArmRun(arm, {}, seed, _any_run([m.run for m in members if (m.arm, m.seed) == (arm, seed)]))
+                   for arm, seed in fraction]
+        comparisons += compare_arms(
+            once.model_copy(update={"compare": [pair]}), sweep, by_seed,
+            lambda member, _metric, fraction=fraction: fraction[member.arm, member.seed], kind="fraction",
+            runs_of=lambda member: sorted(m.run.folder.name for m in members
+                                          if (m.arm, m.seed) == (member.arm, member.seed)),
+            trained={m.run.folder.name: m.run.trained for m in members})
+    return comparisons, []
 
 
-def _any_run(members: list[ArmRun], arm: str, seed: int) -> FinishedRun:
-    """A stand-in run for an (arm, seed) summary number: trained if any of its cells trained."""
-    runs = [m.run for m in members if m.arm == arm and m.seed == seed]
+def _any_run(runs: list[FinishedRun]) -> FinishedRun:
+    """A stand-in run for a summary number over several runs: trained if any of them trained."""
     return next((run for run in runs if run.trained), runs[0])
 
 

@@ -98,6 +98,7 @@ class Term(Strict):
     where: dict[str, Any] = Field(default_factory=dict)  # the cell; the nuisance may be "best"
     weight: float
     select: Selection | None = None  # how `best` is chosen; highest val_acc on the term's panel by default
+    metric: str | None = None  # the contrast's by default (two evaluations of the same runs differ here)
 
 
 class Contrast(Strict):
@@ -109,6 +110,8 @@ class Contrast(Strict):
     metric: str | None = None  # the rule's by default
     margin: float | None = Field(default=None, gt=0)  # the rule's by default
     direction: Literal[1, -1] | None = None  # the rule's by default
+    unit: str | None = None  # the rule's unit and scale by default
+    scale: float | None = None
     secondary: bool = False  # a primary comparison unless marked secondary
     # Another contrast whose 95% CI must stay above minus its margin (on its claimed side) for a
     # "not supported" here to stand; else inconclusive. ics: noisy BN keeping BN's speed-up refutes

@@ -13,7 +13,8 @@ from typing import Any
 import pandas as pd
 from scipy import stats
 
-KINDS = ("paired_difference", "log_ratio", "fraction", "contrast")
+KINDS = ("paired_difference", "log_ratio", "fraction", "contrast", "largest_stable_lr")
+LOG_KINDS = ("log_ratio", "largest_stable_lr")
 # An absolute path: a '/' after no word, URL, path or closing-tag character, then a name.
 ABSOLUTE_PATH = re.compile(r"(?<![\w:/.<-])/[A-Za-z_][\w.-]*(?:/[\w.-]+)*")
 EMBEDDED = re.compile(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=]+")
@@ -43,11 +44,28 @@ def _run_value(runs: pd.DataFrame, run_id: str, arm: str, column: str, panel: st
 def _per_seed_value(comparison: dict[str, Any], runs: pd.DataFrame, arm: str, run_ids: list[str],
                     side: str) -> float | None:
     kind = comparison["kind"]
-    if kind == "fraction":  # the share of the arm's cells within `tolerance` of its best validation accuracy
-        values = [_run_value(runs, run_id, arm, "val_acc", comparison.get("panel", "main")) for run_id in run_ids]
-        finite = [v for v in values if v is not None]
+    if kind == "fraction":  # the share of the arm's cells within `tolerance` of the best (its own, or both arms')
+        panel = comparison.get("panel", "main")
+        values = [_run_value(runs, run_id, arm, "val_acc", panel) for run_id in run_ids]
+        reference = values
+        if comparison.get("reference") == "both arms":
+            row = next(r for r in comparison["per_seed"] if run_ids in (r["runs_a"], r["runs_b"]))
+            reference = [_run_value(runs, run_id, name, "val_acc", panel)
+                         for name, ids in ((comparison["a"], row["runs_a"]), (comparison["b"], row["runs_b"]))
+                         for run_id in ids]
+        finite = [v for v in reference if v is not None]
         best = max(finite) if finite else math.nan
         return sum(v is not None and v >= best - comparison["tolerance"] for v in values) / len(values)
+    if kind == "largest_stable_lr":  # the largest lr whose run trained within `tolerance` of the best val_acc
+        rows = _rows(runs, arm, comparison.get("panel", "main"))
+        lrs = {run_id: float(rows[rows["run_id"] == run_id].iloc[0][comparison["selection"]["axis"]])
+               for run_id in run_ids}
+        values = {run_id: _run_value(runs, run_id, arm, "val_acc", comparison.get("panel", "main"))
+                  for run_id in run_ids}
+        finite = [v for v in values.values() if v is not None]
+        if not finite:
+            return None
+        return max(lrs[r] for r, v in values.items() if v is not None and v >= max(finite) - comparison["tolerance"])
     assert len(run_ids) == 1, f"{kind}: one run per seed and arm, got {run_ids}"
     column = comparison.get("metric") or comparison[f"metric_{side}"]
     return _run_value(runs, run_ids[0], arm, column, comparison.get("panel", "main"))
@@ -120,7 +138,7 @@ def _differences(comparison: dict[str, Any], runs: pd.DataFrame, where: str) -> 
         b = _per_seed_value(comparison, runs, comparison["b"], row["runs_b"], "b")
         assert _close(a, row["value_a"]) and _close(b, row["value_b"]), (where, row, a, b)
         if a is not None and b is not None:
-            d.append(math.log(b / a) if comparison["kind"] == "log_ratio" else b - a)
+            d.append(math.log(b / a) if comparison["kind"] in LOG_KINDS else b - a)
     return d
 
 
@@ -144,7 +162,8 @@ def _contrast_values(comparison: dict[str, Any], runs: pd.DataFrame, where: str)
             assert set(statuses[dotted].astype(str)) <= {_csv_text(value)}, (where, term, dotted)
     values = []
     for row in comparison["per_seed"]:
-        per_term = [_run_value(runs, run_ids[0], term["arm"], comparison["metric"], term["panel"])
+        per_term = [_run_value(runs, run_ids[0], term["arm"], term.get("metric", comparison["metric"]),
+                               term["panel"])
                     for term, run_ids in zip(terms, row["runs"], strict=True)]
         assert all(_close(ours, theirs if theirs is None or math.isfinite(theirs) else None)
                    for ours, theirs in zip(per_term, row["values"], strict=True)), (where, row, per_term)
