@@ -88,7 +88,9 @@ def plan_claim(name: str, overrides: Sequence[str] = (), runs_root: str | Path |
                                "paired seed(s) that trained: no spread to plan from; give the pilot more seeds")
         margin = comparison.margin if comparison.margin is not None else outcome.suite.rule.margin
         plan = seed_plan(sd, margin) if sd > 0 else None
-        planned.append({"label": comparison.label, "sd": float(sd) if sd > 0 else 1e-12, "margin": margin,
+        label = comparison.label if comparison.kind == "contrast" else (
+            f"{comparison.name_b} against {comparison.name_a}, {comparison.label}")
+        planned.append({"label": label, "sd": float(sd) if sd > 0 else 1e-12, "margin": margin,
                         "seeds": plan.seeds if plan else PLAN_MIN_SEEDS,
                         "p_supported": round(plan.p_supported, 4) if plan else 1.0,
                         "p_not_supported": round(plan.p_not_supported, 4) if plan else 1.0})

@@ -15,6 +15,7 @@ from bnlab.analysis.compare import Comparison
 from bnlab.analysis.contrast import contrast_comparisons
 from bnlab.analysis.rules import FORGIVING_TOLERANCE, RULES, STABLE_TOLERANCE
 from bnlab.analysis.suites import MAIN, Rule, Suite
+from bnlab.analysis.verdict_figure import verdict_figure
 from bnlab.config import cell_values
 from bnlab.config.spec import Sweep
 from bnlab.errors import ConfigError
@@ -41,6 +42,7 @@ class ClaimResult:
     seeds: list[int] = field(default_factory=list)
     runs: int = 0
     wall_seconds: float | None = None  # training its runs took, over every invocation (invocations.json)
+    figure: Any = None  # the verdict's one picture (verdict_figure.Drawn), when the suite asks for one
 
 
 def combine(comparisons: Sequence[Comparison]) -> str:
@@ -175,6 +177,7 @@ def analyze(suite: Suite, sweep: Sweep, folder: Path, budget: str, command: str,
         comparisons += found
         tables += extra
     comparisons += contrast_comparisons(suite, axes, members)
+    figure = verdict_figure(suite, axes, members)
     primary = [c for c in comparisons if c.primary]
     if not primary:
         raise ConfigError(f"claim {suite.name}: primary {suite.primary or '(each arm at its best)'} matches no "
@@ -188,5 +191,5 @@ def analyze(suite: Suite, sweep: Sweep, folder: Path, budget: str, command: str,
         rule=suite.rule.model_dump(), comparisons=comparisons, tables=tables, deviations=list(suite.deviations),
         literature=_literature_note(suite, outcome), expected=suite.expected,
         disagrees=disagrees(suite.expected, outcome), command=command, seeds=list(sweep.seeds),
-        runs=len(sweep.configs), wall_seconds=wall_seconds,
+        runs=len(sweep.configs), wall_seconds=wall_seconds, figure=figure,
     )

@@ -181,9 +181,14 @@ def _compare(suite: Suite, facts: Comparison, chosen_a: dict[int, ArmRun], chose
     notes = list(flags)
     if failed_a or failed_b:
         notes.append(_rate_words(a_name, b_name, rates))
-    if n_dropped:
-        notes.append(f"{n_dropped} paired seed(s) where a run failed to train are left out of the difference, "
-                     "which can favour the arm that failed")
+    unreached = sum(all(trained[run_id] for run_id in row["runs_a"] + row["runs_b"])
+                    and not (math.isfinite(row["value_a"]) and math.isfinite(row["value_b"])) for row in per_seed)
+    if n_dropped - unreached:
+        notes.append(f"{n_dropped - unreached} paired seed(s) where a run failed to train are left out of the "
+                     "difference, which can favour the arm that failed")
+    if unreached:
+        notes.append(f"{unreached} paired seed(s) whose runs trained but have no value of "
+                     f"{metric_words(metrics[0])} (a run never reached its condition, see runs.csv) are left out")
     if notes:
         sentence += " " + " ".join(f"{note[0].upper()}{note[1:]}." for note in notes)
     return replace(facts, paired=paired, verdict=outcome, sentence=sentence, rates=rates, n_dropped=n_dropped,
@@ -256,7 +261,18 @@ def _is_primary(suite: Suite, stratum: dict[str, Any], setting: Any) -> bool:
 
 def metric_words(metric: str) -> str:
     words = {"test_acc": "test accuracy", "val_acc": "validation accuracy", "gap": "train-test accuracy gap",
-             "test_loss": "test loss", "steps": "log steps to target", "forgiving": "fraction of forgiving cells"}
+             "test_loss": "test loss", "steps": "log steps to target", "forgiving": "fraction of forgiving cells",
+             "drift": "input drift", "ics_l2": "gradient ICS (L2)", "variance_shift": "variance shift"}
+    kind, _, rest = metric.partition(":")
+    parts = rest.split(":")
+    checkpoint = {"steps": lambda: f"steps to {float(parts[0]):.0%} validation accuracy",
+                  "log_steps": lambda: f"log steps to {float(parts[0]):.0%} validation accuracy",
+                  "auc": lambda: f"area under the validation curve over {parts[0]} steps",
+                  "matched": lambda: f"{'eval-mode train-test gap' if parts[0] == 'gap' else parts[0]} at the first "
+                                     f"checkpoint with eval-mode train NLL <= {parts[-1]}",
+                  "disagree": lambda: f"disagreement with running statistics, {parts[0]} at batch {parts[-1]}"}
+    if kind in checkpoint and rest:
+        return checkpoint[kind]()
     if metric.startswith("eval:"):
         _, mode, size = metric.split(":")
         return f"test accuracy with {mode} statistics at eval batch {size}"

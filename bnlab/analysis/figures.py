@@ -196,7 +196,7 @@ def activation_percentiles(group: Group) -> Drawn | None:
 # --- drawing ---------------------------------------------------------------------------------------
 
 
-def _figure(columns: int, rows: int, width: float = PANEL_INCHES, height: float = 3.3) -> tuple[Any, list[Any]]:
+def new_figure(columns: int, rows: int, width: float = PANEL_INCHES, height: float = 3.3) -> tuple[Any, list[Any]]:
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(width * columns, height * rows), dpi=DPI, layout="constrained")
@@ -204,7 +204,7 @@ def _figure(columns: int, rows: int, width: float = PANEL_INCHES, height: float 
     return figure, [axis for row in axes for axis in row]
 
 
-def _png(figure: Any) -> bytes:
+def png_bytes(figure: Any) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
     return buffer.getvalue()
@@ -221,7 +221,7 @@ def heatmap_png(panels: Sequence[HeatPanel], x_field: str, x_values: Sequence[st
     columns = max(1, min(len(panels), int((WIDTH_INCHES - 0.9) // width)))
     rows = math.ceil(len(panels) / columns)
     height = max(2.4, 1.3 + 0.42 * len(y_values))
-    figure, axes = _figure(columns, rows, width, height)
+    figure, axes = new_figure(columns, rows, width, height)
     finite = [cell.mean for panel in panels for cell in panel.cells.values() if math.isfinite(cell.mean)]
     high = 100 * max(finite) if finite else 100.0
     low = min(100 * min(finite) if finite else 0.0, high - 1.0)  # a flat grid still gets a colour scale
@@ -253,7 +253,7 @@ def heatmap_png(panels: Sequence[HeatPanel], x_field: str, x_values: Sequence[st
         axis.set_axis_off()
     if image is not None:
         figure.colorbar(image, ax=axes[: len(panels)], label="final test accuracy (%)", shrink=0.9)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def _hatched(column: int, row: int) -> Any:
@@ -269,7 +269,7 @@ def curves_png(panels: Sequence[CurvePanel], ylabel: str, band: str) -> bytes:
 
     columns = min(len(panels), 3)
     rows = math.ceil(len(panels) / columns)
-    figure, axes = _figure(columns, rows)
+    figure, axes = new_figure(columns, rows)
     labels = list(dict.fromkeys(curve.label for panel in panels for curve in panel.curves))
     colours = {label: f"C{index % 10}" for index, label in enumerate(labels)}  # the same cell, the same colour
     handles = {}
@@ -299,14 +299,14 @@ def curves_png(panels: Sequence[CurvePanel], ylabel: str, band: str) -> bytes:
     if handles:
         figure.legend([handles[label] for label in labels], labels, loc="outside lower center",
                       ncol=min(len(labels), 4), fontsize=8, title=band, title_fontsize=8, frameon=False)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def probes_png(panels: Sequence[ProbePanel], columns: int) -> bytes:
     """Ioffe & Szegedy's Fig. 1(b, c): the 15th, 50th and 85th percentiles of one unit's input to
     the nonlinearity over training, one panel per placement (columns) and layer (rows)."""
     rows = math.ceil(len(panels) / columns)
-    figure, axes = _figure(columns, rows, height=2.8)
+    figure, axes = new_figure(columns, rows, height=2.8)
     for axis, panel in zip(axes, panels, strict=False):
         if not panel.steps:
             axis.set_axis_off()
@@ -320,4 +320,4 @@ def probes_png(panels: Sequence[ProbePanel], columns: int) -> bytes:
         axis.grid(alpha=0.3)
     for axis in axes[len(panels):]:
         axis.set_axis_off()
-    return _png(figure)
+    return png_bytes(figure)

@@ -302,9 +302,11 @@ def _claim_section(claim: ClaimResult) -> Section:
     ran = f"{claim.runs} runs over seeds {claim.seeds}" if claim.seeds else ""
     if ran and claim.wall_seconds is not None:
         ran += f", {claim.wall_seconds / 60:.1f} min of wall time training them (every invocation, resumes included)"
-    blocks: list[Block] = [Badge(claim.outcome), Text(f"Claim: “{claim.claim}”"), Text(claim.summary),
-                           Text(f"Decision rule: {rule}. Design: {claim.design}; budget: {claim.budget}"
-                                + (f"; {ran}." if ran else "."))]
+    blocks: list[Block] = [Badge(claim.outcome), Text(f"Claim: “{claim.claim}”"), Text(claim.summary)]
+    if claim.figure is not None:
+        blocks.append(Figure(f"verdict-{claim.name}", claim.figure.title, claim.figure.png, claim.figure.caption))
+    blocks.append(Text(f"Decision rule: {rule}. Design: {claim.design}; budget: {claim.budget}"
+                       + (f"; {ran}." if ran else ".")))
     if claim.literature:
         blocks.append(Text(f"Literature: {claim.literature}",
                            "disagree" if claim.disagrees else "note"))

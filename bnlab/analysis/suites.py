@@ -119,6 +119,26 @@ class Contrast(Strict):
     needs: str | None = None
 
 
+class FigureSpec(Strict):
+    """The verdict's one picture (analysis/verdict_figure.py, docs/claims.md)."""
+
+    kind: Literal["against", "curves", "bars"]
+    title: str
+    x: str = "step"  # against: a grid axis; curves: a steps.csv column (step, train_eval_loss)
+    y: str = "test_acc"  # against, bars: a metric; curves: a steps.csv or layers.csv column
+    also: list[str] = Field(default_factory=list)  # curves: more columns, a panel each
+    ylabel: str = ""
+    scale: float = 100.0  # y's unit: accuracy fractions in percent
+    panel: str = MAIN
+    arms: list[str] | None = None
+    where: dict[str, Any] = Field(default_factory=dict)  # fixed cell values; the nuisance may be "best"
+    by: str | None = None  # against: one panel per value of this axis
+    log_x: bool = False
+    invert_x: bool = False
+    failures: bool = False  # against: a lower row with the share of runs that failed to train
+    zoom: bool = True  # bars: the y axis spans the values, not from 0
+
+
 class PlannedComparison(Strict):
     label: str  # a primary comparison of the pilot
     sd: float = Field(gt=0)  # the pilot's sd of its per-seed statistic
@@ -165,6 +185,7 @@ class Suite(Strict):
     contrasts: list[Contrast] = Field(default_factory=list)  # within or across panels
     budgets: dict[Budgets, Budget]
     seed_plan: SeedPlan | None = None
+    figure: FigureSpec | None = None
     deviations: list[str] = Field(default_factory=list)
 
     def panel(self, name: str) -> Panel:
@@ -356,17 +377,18 @@ def suite_sweep(suite: Suite, budget: str, overrides: Sequence[str],
 
 
 def _panel_base(suite: Suite, panel: str, budget: str, overrides: Sequence[str]) -> dict[str, Any]:
-    """The suite's base, then the budget's `set`, the panel's own and the budget's for the panel,
-    then the user's overrides, which win."""
+    """The suite's base, the budget's `set`, the user's overrides, then the panel's own settings
+    and the budget's for the panel: what a panel sets is its design, as a grid's axes are, so an
+    override of the base does not undo it."""
     plan = suite.budgets[budget]
     base_raw = copy.deepcopy(suite.base)
-    settings = [plan.set]
-    if panel != MAIN:
-        settings += [suite.panels[panel].set, plan.panels[panel].set if panel in plan.panels else {}]
-    for setting in settings:
-        for dotted, value in setting.items():
-            set_dotted(base_raw, dotted.split("."), value)
+    for dotted, value in plan.set.items():
+        set_dotted(base_raw, dotted.split("."), value)
     apply_overrides(base_raw, overrides)
+    if panel != MAIN:
+        for setting in (suite.panels[panel].set, plan.panels[panel].set if panel in plan.panels else {}):
+            for dotted, value in setting.items():
+                set_dotted(base_raw, dotted.split("."), value)
     return base_raw
 
 

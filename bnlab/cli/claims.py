@@ -27,7 +27,7 @@ def list_claims() -> None:
 def test_claim(
     name: Annotated[str, typer.Argument(help="A suite name from `bnlab claim list`, or a suite file (.yaml)")],
     overrides: Annotated[list[str] | None, typer.Argument(help="field=value, applied to every arm")] = None,
-    budget: Annotated[str, typer.Option(help="smoke (seconds), quick (minutes) or full (the literature design)")]
+    budget: Annotated[str, typer.Option(help="smoke (seconds), quick (minutes), full (the literature design) or pilot (claim plan's)")]
     = "quick",
     executor: Annotated[str, typer.Option(help="local or ray")] = "local",
     workers: Annotated[int | None, typer.Option(min=1, help="Worker processes")] = None,
@@ -45,8 +45,8 @@ def test_claim(
     from bnlab.lab import test_claim as run_claim
     from bnlab.runs.sweep import Interrupted, SweepOptions
 
-    if budget not in ("smoke", "quick", "full"):
-        typer.echo(f"error: --budget: {budget!r} is not allowed; allowed: smoke, quick, full", err=True)
+    if budget not in ("smoke", "quick", "full", "pilot"):
+        typer.echo(f"error: --budget: {budget!r} is not allowed; allowed: smoke, quick, full, pilot", err=True)
         raise typer.Exit(code=2)
     console = Console()
     options = SweepOptions(executor=executor, workers=workers, address=address, stack=stack, force=force)

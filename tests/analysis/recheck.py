@@ -159,7 +159,7 @@ def _contrast_values(comparison: dict[str, Any], runs: pd.DataFrame, where: str)
         assert len(statuses) == len(counted) == term["failures"]["total"], where
         assert int((statuses["status"] != "done").sum()) == term["failures"]["failed"], (where, term)
         for dotted, value in term["cell"].items():
-            assert set(statuses[dotted].astype(str)) <= {_csv_text(value)}, (where, term, dotted)
+            assert _matches(statuses[dotted], value).all(), (where, term, dotted)
     values = []
     for row in comparison["per_seed"]:
         per_term = [_run_value(runs, run_ids[0], term["arm"], term.get("metric", comparison["metric"]),
@@ -227,14 +227,22 @@ def _recheck_pick(selection: dict[str, Any], stratum: dict[str, Any], rows: pd.D
     axis = selection["axis"]
     at_stratum = rows
     for dotted, value in stratum.items():
-        at_stratum = at_stratum[at_stratum[dotted].astype(str) == _csv_text(value)]
+        at_stratum = at_stratum[_matches(at_stratum[dotted], value)]
     means = {}
     for candidate in selection["candidates"]:
-        trained = at_stratum[(at_stratum[axis].astype(str) == _csv_text(candidate)) & (at_stratum["status"] == "done")]
+        trained = at_stratum[_matches(at_stratum[axis], candidate) & (at_stratum["status"] == "done")]
         finite = trained[metric].dropna()
         means[json.dumps(candidate)] = finite.mean() if len(finite) else (math.inf if lower else -math.inf)
     best = (min if lower else max)(means, key=means.get)
     assert best == json.dumps(selection["picked"][arm]), (where, arm, means)
+
+
+def _matches(column: pd.Series, value: Any) -> pd.Series:
+    """Which cells of a runs.csv column hold `value`: numbers compared as numbers (pandas reads an
+    integer column with empty cells as floats), anything else as runs.csv writes it."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return pd.to_numeric(column, errors="coerce") == value
+    return column.astype(str) == _csv_text(value)
 
 
 def _csv_text(value: Any) -> str:

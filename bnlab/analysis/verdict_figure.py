@@ -1,0 +1,174 @@
+"""The one picture that shows a claim's verdict, first in its report section: what a suite's
+`figure` asks for (docs/claims.md, "The verdict's figure"), drawn from the same arm runs the
+verdict reads. Three kinds: a metric against a grid axis per arm with 95% CI bands, curves from
+steps.csv or layers.csv per arm, and bars per arm."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from bnlab.analysis.arms import LAYER_METRICS, ArmRun, metric_value
+from bnlab.analysis.compare import best_nuisance, metric_words
+from bnlab.analysis.figures import Drawn, new_figure, png_bytes
+from bnlab.analysis.suites import FigureSpec, Suite, cell_label
+
+
+def verdict_figure(suite: Suite, axes: dict[str, dict[str, list[Any]]], members: list[ArmRun]) -> Drawn | None:
+    spec = suite.figure
+    if spec is None:
+        return None
+    in_panel = [m for m in members if m.panel == spec.panel]
+    arms = spec.arms or suite.panel_arms(spec.panel)
+    nuisance = suite.panel(spec.panel).nuisance
+    panels = axes[spec.panel].get(spec.by, [None]) if spec.by else [None]
+    draw = {"against": _against, "curves": _curves, "bars": _bars}[spec.kind]
+    return draw(suite, spec, axes[spec.panel], in_panel, arms, nuisance, panels)
+
+
+def _at(members: list[ArmRun], arm: str, where: dict[str, Any], nuisance: str | None,
+        candidates: Sequence[Any]) -> tuple[list[ArmRun], Any]:
+    """The arm's runs at `where`, its nuisance chosen on validation accuracy where it is `best`."""
+    fixed = {dotted: value for dotted, value in where.items() if value != "best"}
+    runs = [m for m in members if m.arm == arm and m.at(fixed)]
+    if nuisance and where.get(nuisance) == "best":
+        pick = best_nuisance(runs, nuisance, candidates)
+        return [m for m in runs if m.cell.get(nuisance) == pick], pick
+    return runs, None
+
+
+def _mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and a t-based 95% interval over the finite values (the interval is the mean with one)."""
+    from scipy import stats
+
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan, math.nan
+    mean = sum(finite) / len(finite)
+    if len(finite) < 2:
+        return mean, mean, mean
+    half = stats.t.ppf(0.975, len(finite) - 1) * stats.tstd(finite) / math.sqrt(len(finite))
+    return mean, mean - half, mean + half
+
+
+def _scaled(spec: FigureSpec, value: float) -> float:
+    return value * spec.scale
+
+
+def _ylabel(spec: FigureSpec) -> str:
+    return spec.ylabel or metric_words(spec.y) + (" (%)" if spec.scale == 100 else "")
+
+
+def _against(suite: Suite, spec: FigureSpec, axes: dict[str, list[Any]], members: list[ArmRun], arms: list[str],
+             nuisance: str | None, panels: list[Any]) -> Drawn:
+    xs = axes[spec.x]
+    rows = 2 if spec.failures else 1
+    figure, grid = new_figure(len(panels), rows, height=3.0)
+    picks = []
+    for column, by_value in enumerate(panels):
+        top, bottom = grid[column], grid[len(panels) + column] if spec.failures else None
+        for index, arm in enumerate(arms):
+            means, lows, highs, failed = [], [], [], []
+            for x in xs:
+                where = {**spec.where, spec.x: x, **({spec.by: by_value} if spec.by else {})}
+                runs, pick = _at(members, arm, where, nuisance, axes.get(nuisance, []) if nuisance else [])
+                if pick is not None:
+                    picks.append(f"{arm} at {spec.x}={x}: {nuisance}={pick}")
+                mean, low, high = _mean_ci([metric_value(m.run, spec.y) for m in runs])
+                means.append(_scaled(spec, mean))
+                lows.append(_scaled(spec, low))
+                highs.append(_scaled(spec, high))
+                failed.append(sum(not m.run.trained for m in runs) / len(runs) if runs else math.nan)
+            colour = f"C{index % 10}"
+            top.plot(xs, means, "o-", color=colour, ms=3, lw=1.5, label=arm)
+            top.fill_between(xs, lows, highs, color=colour, alpha=0.18, linewidth=0)
+            if bottom is not None:
+                bottom.plot(xs, [100 * f for f in failed], "s--", color=colour, ms=3, lw=1.2, label=arm)
+        title = f"{spec.by}={by_value}" if spec.by else ""
+        for axis, label in ((top, _ylabel(spec)), (bottom, "runs that failed to train (%)")):
+            if axis is None:
+                continue
+            if spec.log_x:
+                axis.set_xscale("log")
+            axis.set(xlabel=spec.x, ylabel=label if column == 0 else "", title=title if axis is top else "")
+            axis.title.set_fontsize(10)
+            axis.grid(alpha=0.3)
+    grid[0].legend(fontsize=8)
+    caption = (f"Mean over seeds with a 95% t-interval band, per arm, against {spec.x}"
+               + (f" at {cell_label(spec.where)}" if spec.where else "")
+               + (f"; where {nuisance} is 'best', each arm at each point is at its best value on validation "
+                  f"accuracy ({'; '.join(dict.fromkeys(picks))})" if picks else "")
+               + (". The lower row: the share of runs that failed to train." if spec.failures else "."))
+    return Drawn(spec.title, png_bytes(figure), caption)
+
+
+def _curves(suite: Suite, spec: FigureSpec, axes: dict[str, list[Any]], members: list[ArmRun], arms: list[str],
+            nuisance: str | None, panels: list[Any]) -> Drawn:
+    ys = [spec.y, *spec.also]
+    figure, grid = new_figure(len(ys), 1, width=4.6, height=3.4)
+    for axis, y in zip(grid, ys, strict=True):
+        for index, arm in enumerate(arms):
+            runs, _ = _at(members, arm, spec.where, nuisance, axes.get(nuisance, []) if nuisance else [])
+            series = [_series(m, spec.x, y) for m in runs if m.run.trained]
+            series = [s for s in series if s]
+            if not series:
+                continue
+            length = min(len(s) for s in series)
+            x = [sum(s[i][0] for s in series) / len(series) for i in range(length)]
+            mean = [_scaled(spec, sum(s[i][1] for s in series) / len(series)) for i in range(length)]
+            low = [_scaled(spec, min(s[i][1] for s in series)) for i in range(length)]
+            high = [_scaled(spec, max(s[i][1] for s in series)) for i in range(length)]
+            colour = f"C{index % 10}"
+            axis.plot(x, mean, "-", color=colour, lw=1.5, label=f"{arm} ({len(series)} seeds)")
+            axis.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0)
+        if spec.log_x:
+            axis.set_xscale("log")
+        if spec.invert_x:
+            axis.invert_xaxis()
+        axis.set(xlabel=spec.x, ylabel=y if y in LAYER_METRICS else (spec.ylabel or y))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    caption = (f"Per arm{' at ' + cell_label(spec.where) if spec.where else ''}: the mean over seeds of "
+               f"{', '.join(ys)} against {spec.x}, with the seeds' range shaded"
+               + (" (layers.csv columns averaged over layers)" if any(y in LAYER_METRICS for y in ys) else "") + ".")
+    return Drawn(spec.title, png_bytes(figure), caption)
+
+
+def _series(member: ArmRun, x: str, y: str) -> list[tuple[float, float]]:
+    """(x, y) per checkpoint: steps.csv columns, or a layers.csv column averaged over layers per step."""
+    if y in LAYER_METRICS:
+        by_step: dict[float, list[float]] = {}
+        for row in member.run.table("layers"):
+            if row.get(y):
+                value = float(row[y])
+                if math.isfinite(value):
+                    by_step.setdefault(float(row["step"]), []).append(value)
+        return [(step, sum(values) / len(values)) for step, values in sorted(by_step.items())]
+    return [(float(row[x]), float(row[y])) for row in member.run.table("steps") if row.get(x) and row.get(y)]
+
+
+def _bars(suite: Suite, spec: FigureSpec, axes: dict[str, list[Any]], members: list[ArmRun], arms: list[str],
+          nuisance: str | None, panels: list[Any]) -> Drawn:
+    figure, grid = new_figure(1, 1, width=max(4.0, 0.9 * len(arms) + 1.5), height=3.4)
+    axis = grid[0]
+    for index, arm in enumerate(arms):
+        runs, _ = _at(members, arm, spec.where, nuisance, axes.get(nuisance, []) if nuisance else [])
+        metric = suite.arms[arm].get("metric", spec.y)
+        values = [_scaled(spec, metric_value(m.run, metric)) for m in runs]
+        mean, low, high = _mean_ci(values)
+        axis.bar(index, mean, color=f"C{index % 10}", alpha=0.8)
+        if math.isfinite(mean):
+            axis.errorbar(index, mean, yerr=[[mean - low], [high - mean]], color="#111827", capsize=4)
+            axis.plot([index] * len(values), values, "o", color="#111827", ms=2.5, alpha=0.6)
+    axis.set_xticks(range(len(arms)), arms, rotation=30, ha="right", fontsize=8)
+    axis.set_ylabel(_ylabel(spec))
+    axis.grid(alpha=0.3, axis="y")
+    finite = [v for m in members for v in [_scaled(spec, metric_value(m.run, suite.arms[m.arm].get("metric", spec.y)))]
+              if m.arm in arms and math.isfinite(v)]
+    if finite and spec.zoom:
+        pad = 0.1 * (max(finite) - min(finite)) + 1e-9
+        axis.set_ylim(min(finite) - pad, max(finite) + pad)
+    caption = (f"Per arm{' at ' + cell_label(spec.where) if spec.where else ''}: the mean over seeds with a 95% "
+               "t-interval, each seed a dot.")
+    return Drawn(spec.title, png_bytes(figure), caption)
