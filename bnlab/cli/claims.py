@@ -27,7 +27,7 @@ def list_claims() -> None:
 def test_claim(
     name: Annotated[str, typer.Argument(help="A suite name from `bnlab claim list`, or a suite file (.yaml)")],
     overrides: Annotated[list[str] | None, typer.Argument(help="field=value, applied to every arm")] = None,
-    budget: Annotated[str, typer.Option(help="smoke (seconds), quick (minutes), full (the literature design) or pilot (claim plan's)")]
+    budget: Annotated[str, typer.Option(help="smoke (seconds), quick (minutes), full (the design) or pilot")]
     = "quick",
     executor: Annotated[str, typer.Option(help="local or ray")] = "local",
     workers: Annotated[int | None, typer.Option(min=1, help="Worker processes")] = None,
