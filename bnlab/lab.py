@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from bnlab.analysis.claims import ClaimResult, analyze
-from bnlab.analysis.suites import Suite, load_suite, suite_path, suite_sweep
+from bnlab.analysis.expansion import suite_sweep
+from bnlab.analysis.suites import Suite, load_suite, suite_path
 from bnlab.config.spec import Sweep
 from bnlab.records import append_invocation, read_invocations, write_arms
 from bnlab.runs.runner import git_commit

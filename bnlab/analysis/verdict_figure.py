@@ -40,6 +40,8 @@ def _at(members: list[ArmRun], arm: str, where: dict[str, Any], nuisance: str | 
 
 def _mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
     """Mean and a t-based 95% interval over the finite values (the interval is the mean with one)."""
+    import statistics
+
     from scipy import stats
 
     finite = [v for v in values if math.isfinite(v)]
@@ -48,7 +50,7 @@ def _mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
     mean = sum(finite) / len(finite)
     if len(finite) < 2:
         return mean, mean, mean
-    half = stats.t.ppf(0.975, len(finite) - 1) * stats.tstd(finite) / math.sqrt(len(finite))
+    half = stats.t.ppf(0.975, len(finite) - 1) * statistics.stdev(finite) / math.sqrt(len(finite))
     return mean, mean - half, mean + half
 
 
@@ -128,7 +130,8 @@ def _curves(suite: Suite, spec: FigureSpec, axes: dict[str, list[Any]], members:
             axis.invert_xaxis()
         axis.set(xlabel=spec.x, ylabel=y if y in LAYER_METRICS else (spec.ylabel or y))
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
     caption = (f"Per arm{' at ' + cell_label(spec.where) if spec.where else ''}: the mean over seeds of "
                f"{', '.join(ys)} against {spec.x}, with the seeds' range shaded"
                + (" (layers.csv columns averaged over layers)" if any(y in LAYER_METRICS for y in ys) else "") + ".")

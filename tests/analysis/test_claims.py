@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 from bnlab.analysis.claims import combine
 from bnlab.analysis.compare import Comparison
+from bnlab.analysis.expansion import suite_sweep
 from bnlab.analysis.rules import RULES
 from bnlab.analysis.stats import Verdict, paired_comparison
-from bnlab.analysis.suites import CLAIMS_DIR, load_suite, suite_names, suite_path, suite_sweep
+from bnlab.analysis.suites import CLAIMS_DIR, load_suite, suite_names, suite_path
 from bnlab.cli import app
 from bnlab.config import cell_values
 from bnlab.errors import ConfigError
@@ -104,7 +105,7 @@ def test_unknown_suite_and_budget_are_one_line(tmp_path: Path) -> None:
     assert unknown.stderr.startswith("error: claim 'placment': no such suite; available: batch-size, convergence")
     budget = CliRunner().invoke(app, ["claim", "test", "placement", "--budget", "huge"])
     assert (budget.exit_code, budget.stderr) == (2, "error: --budget: 'huge' is not allowed; allowed: smoke, quick, "
-                                                    "full\n")
+                                                    "full, pilot\n")
     assert not any(tmp_path.iterdir())
 
 
