@@ -110,6 +110,7 @@ def _curves(suite: Suite, spec: FigureSpec, axes: dict[str, list[Any]], members:
     ys = [spec.y, *spec.also]
     figure, grid = new_figure(len(ys), 1, width=4.6, height=3.4)
     for axis, y in zip(grid, ys, strict=True):
+        scale = spec.scale if y == spec.y else 1.0  # the further columns (ics_l2, drift) are not fractions
         for index, arm in enumerate(arms):
             runs, _ = _at(members, arm, spec.where, nuisance, axes.get(nuisance, []) if nuisance else [])
             series = [_series(m, spec.x, y) for m in runs if m.run.trained]
@@ -118,9 +119,9 @@ def _curves(suite: Suite, spec: FigureSpec, axes: dict[str, list[Any]], members:
                 continue
             length = min(len(s) for s in series)
             x = [sum(s[i][0] for s in series) / len(series) for i in range(length)]
-            mean = [_scaled(spec, sum(s[i][1] for s in series) / len(series)) for i in range(length)]
-            low = [_scaled(spec, min(s[i][1] for s in series)) for i in range(length)]
-            high = [_scaled(spec, max(s[i][1] for s in series)) for i in range(length)]
+            mean = [scale * sum(s[i][1] for s in series) / len(series) for i in range(length)]
+            low = [scale * min(s[i][1] for s in series) for i in range(length)]
+            high = [scale * max(s[i][1] for s in series) for i in range(length)]
             colour = f"C{index % 10}"
             axis.plot(x, mean, "-", color=colour, lw=1.5, label=f"{arm} ({len(series)} seeds)")
             axis.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0)
