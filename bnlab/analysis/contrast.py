@@ -11,17 +11,34 @@ from bnlab.analysis.arms import ArmRun, metric_value
 from bnlab.analysis.compare import BEST_CRITERION, Comparison, best_nuisance, metric_words, per_seed
 from bnlab.analysis.stats import Verdict, paired_comparison, plain_words, verdict
 from bnlab.analysis.suites import Contrast, Suite, Term, cell_label
+from bnlab.errors import ConfigError
 
 
 def contrast_comparisons(suite: Suite, axes: dict[str, dict[str, list[Any]]],
                          members: list[ArmRun]) -> list[Comparison]:
     """Every contrast of the suite; `axes` gives each panel's grid at this budget (a term's
     nuisance at `best` is chosen among its values on validation accuracy, never on test)."""
-    found = {contrast.name: _contrast(suite, contrast, axes, members) for contrast in suite.contrasts}
+    found = {contrast.name: _contrast(suite, contrast, axes, members) for contrast in suite.contrasts
+             if _at_this_budget(contrast, axes)}
     for contrast in suite.contrasts:
         if contrast.needs is not None:
             found[contrast.name] = apply_needs(found[contrast.name], found[contrast.needs])
     return list(found.values())
+
+
+def _at_this_budget(contrast: Contrast, axes: dict[str, dict[str, list[Any]]]) -> bool:
+    """Whether every term's cell is in its panel's grid at this budget. A secondary contrast whose
+    cells a budget does not run (a pilot cut to the primary cells) is left out; a primary one is
+    an error naming the cell."""
+    for term in contrast.terms:
+        for dotted, value in term.where.items():
+            if value != "best" and value not in axes[term.panel].get(dotted, [value]):
+                if contrast.secondary:
+                    return False
+                raise ConfigError(f"contrast {contrast.name}: {dotted}={value!r} is not run at this budget "
+                                  f"(panel {term.panel} runs {axes[term.panel][dotted]}); a primary contrast needs "
+                                  "its cells")
+    return True
 
 
 def apply_needs(comparison: Comparison, needed: Comparison) -> Comparison:
