@@ -54,6 +54,13 @@ def _mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def _short(value: Any) -> str:
+    """A panel title's value: a list of one repeated width as [100]x8, so titles do not overlap."""
+    if isinstance(value, list) and len(value) > 2 and len(set(value)) == 1:
+        return f"[{value[0]}]×{len(value)}"
+    return str(value)
+
+
 def _scaled(spec: FigureSpec, value: float) -> float:
     return value * spec.scale
 
@@ -79,15 +86,16 @@ def _against(suite: Suite, spec: FigureSpec, axes: dict[str, list[Any]], members
                     picks.append(f"{arm} at {spec.x}={x}: {nuisance}={pick}")
                 mean, low, high = _mean_ci([metric_value(m.run, spec.y) for m in runs])
                 means.append(_scaled(spec, mean))
-                lows.append(_scaled(spec, low))
-                highs.append(_scaled(spec, high))
+                # An accuracy's interval from two or three seeds can pass 0 or 100: drawn inside them.
+                lows.append(max(_scaled(spec, low), 0.0) if spec.scale == 100 else _scaled(spec, low))
+                highs.append(min(_scaled(spec, high), 100.0) if spec.scale == 100 else _scaled(spec, high))
                 failed.append(sum(not m.run.trained for m in runs) / len(runs) if runs else math.nan)
             colour = f"C{index % 10}"
             top.plot(xs, means, "o-", color=colour, ms=3, lw=1.5, label=arm)
             top.fill_between(xs, lows, highs, color=colour, alpha=0.18, linewidth=0)
             if bottom is not None:
                 bottom.plot(xs, [100 * f for f in failed], "s--", color=colour, ms=3, lw=1.2, label=arm)
-        title = f"{spec.by}={by_value}" if spec.by else ""
+        title = f"{spec.by}={_short(by_value)}" if spec.by else ""
         for axis, label in ((top, _ylabel(spec)), (bottom, "runs that failed to train (%)")):
             if axis is None:
                 continue
