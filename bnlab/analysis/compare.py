@@ -269,7 +269,7 @@ def metric_words(metric: str) -> str:
                   "log_steps": lambda: f"log steps to {float(parts[0]):.0%} validation accuracy",
                   "auc": lambda: f"area under the validation curve over {parts[0]} steps",
                   "matched": lambda: f"{'eval-mode train-test gap' if parts[0] == 'gap' else parts[0]} at the first "
-                                     f"checkpoint with eval-mode train NLL <= {parts[-1]}",
+                                     f"checkpoint with eval-mode train NLL ≤ {parts[-1]}",
                   "disagree": lambda: f"disagreement with running statistics, {parts[0]} at batch {parts[-1]}"}
     if kind in checkpoint and rest:
         return checkpoint[kind]()
