@@ -54,6 +54,12 @@ def _mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def _has_finite_line(axis: Any) -> bool:
+    """Whether anything finite is drawn: matplotlib cannot log-scale an axis of NaN lines alone
+    (a smoke run where nothing trained)."""
+    return any(math.isfinite(float(y)) for line in axis.get_lines() for y in line.get_ydata())
+
+
 def _short(value: Any) -> str:
     """A panel title's value: a list of one repeated width as [100]x8, so titles do not overlap."""
     if isinstance(value, list) and len(value) > 2 and len(set(value)) == 1:
@@ -99,7 +105,7 @@ def _against(suite: Suite, spec: FigureSpec, axes: dict[str, list[Any]], members
         for axis, label in ((top, _ylabel(spec)), (bottom, "runs that failed to train (%)")):
             if axis is None:
                 continue
-            if spec.log_x:
+            if spec.log_x and _has_finite_line(axis):
                 axis.set_xscale("log")
             axis.set(xlabel=spec.x, ylabel=label if column == 0 else "", title=title if axis is top else "")
             axis.title.set_fontsize(10)
@@ -133,7 +139,7 @@ def _curves(suite: Suite, spec: FigureSpec, axes: dict[str, list[Any]], members:
             colour = f"C{index % 10}"
             axis.plot(x, mean, "-", color=colour, lw=1.5, label=f"{arm} ({len(series)} seeds)")
             axis.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0)
-        if spec.log_x:
+        if spec.log_x and _has_finite_line(axis):
             axis.set_xscale("log")
         if spec.invert_x:
             axis.invert_xaxis()

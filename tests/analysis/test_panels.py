@@ -163,3 +163,20 @@ def test_a_refutation_that_needs_another_contrast_stands_only_when_that_one_hold
     assert (weaker.verdict.outcome, weaker.verdict.reason) == ("inconclusive", "needs drifts")
     supporting = contrast("keeps-speed-up", [0.05, 0.04, 0.06], "supported")
     assert apply_needs(supporting, contrast("drifts", [-0.05, -0.04, -0.06], "not supported")) == supporting
+
+
+def test_the_verdict_figure_draws_when_nothing_trained(tmp_path: Path, tiny_mnist: Path) -> None:
+    """Every run diverges (a learning rate of 1e4): the figure still draws, on a linear axis (a
+    log axis of NaN lines alone cannot be drawn), and the claim says inconclusive."""
+    suite = yaml.safe_load(_suite(tmp_path, tiny_mnist).read_text())
+    suite.update(grid={"train.lr": [1e4, 3e4]}, panels={}, contrasts=[], rule={
+        "name": "paired_difference", "metric": "test_acc", "margin": 0.002},
+        figure={"kind": "against", "title": "nothing trained", "x": "train.lr", "log_x": True, "failures": True},
+        budgets={"smoke": {"seeds": [0, 1]}})
+    path = tmp_path / "diverges.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    result = CliRunner().invoke(app, ["claim", "test", str(path), "--budget", "smoke", "--runs-dir",
+                                      str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert "panels: INCONCLUSIVE" in result.stdout
+    assert (tmp_path / "runs" / "claim-panels-smoke" / "report-figures" / "verdict-panels.png").stat().st_size > 0
