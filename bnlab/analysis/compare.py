@@ -81,15 +81,23 @@ def strata(suite: Suite, sweep: Sweep) -> list[dict[str, Any]]:
     return grid_cells({dotted: sweep.axes[dotted] for dotted in suite.within})
 
 
-def mean_val(members: list[ArmRun]) -> float:
-    """Mean validation accuracy over the runs that trained; -inf when none did."""
-    finite = [v for v in (metric_value(m.run, "val_acc") for m in members) if math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else -math.inf
+def mean_val(members: list[ArmRun], metric: str = "val_acc", lower: bool = False) -> float:
+    """Mean `metric` (validation accuracy by default) over the runs that have it; the worst
+    possible (-inf, or +inf when `lower` is better) when none does."""
+    finite = [v for v in (metric_value(m.run, metric) for m in members) if math.isfinite(v)]
+    if not finite:
+        return math.inf if lower else -math.inf
+    return sum(finite) / len(finite)
 
 
-def best_nuisance(members: list[ArmRun], nuisance: str, values: list[Any]) -> Any:
-    """The nuisance value with the best mean validation accuracy: chosen on val, never on test."""
-    return max(values, key=lambda value: mean_val([m for m in members if m.cell.get(nuisance) == value]))
+def best_nuisance(members: list[ArmRun], nuisance: str, values: list[Any], metric: str = "val_acc",
+                  lower: bool = False) -> Any:
+    """The nuisance value with the best mean `metric` (highest, or lowest with `lower`): chosen on
+    validation accuracy by default, never on test."""
+    def mean_at(value: Any) -> float:
+        return mean_val([m for m in members if m.cell.get(nuisance) == value], metric, lower)
+
+    return (min if lower else max)(values, key=mean_at)
 
 
 def _edge_flag(arm: str, nuisance: str, best: Any, values: list[Any]) -> str | None:

@@ -10,7 +10,7 @@ from typing import Any
 from bnlab.analysis.arms import ArmRun, metric_value
 from bnlab.analysis.compare import BEST_CRITERION, Comparison, best_nuisance, metric_words, per_seed
 from bnlab.analysis.stats import Verdict, paired_comparison, plain_words, verdict
-from bnlab.analysis.suites import Contrast, Suite, Term, cell_label
+from bnlab.analysis.suites import Contrast, Selection, Suite, Term, cell_label
 from bnlab.errors import ConfigError
 
 
@@ -58,27 +58,15 @@ def apply_needs(comparison: Comparison, needed: Comparison) -> Comparison:
 def _select(term: Term, nuisance: str, axes: dict[str, dict[str, list[Any]]], members: list[ArmRun]) -> dict:
     """The term's `best` nuisance value: by its `select` (another panel's runs, a metric, highest or
     lowest mean over the runs that trained), else the highest mean val_acc on its own panel."""
-    if term.select is None:
-        candidates = axes[term.panel][nuisance]
-        fixed = {dotted: value for dotted, value in term.where.items() if dotted != nuisance}
-        picked = best_nuisance([m for m in members if m.panel == term.panel and m.arm == term.arm and m.at(fixed)],
-                               nuisance, candidates)
-        return {"selection": "best", "axis": nuisance, "criterion": BEST_CRITERION, "candidates": list(candidates),
-                "picked": picked}
-    select = term.select
+    select = term.select or Selection()
     panel = select.panel or term.panel
     candidates = axes[panel][nuisance]
     fixed = {dotted: value for dotted, value in term.where.items() if dotted != nuisance}
     runs = [m for m in members if m.panel == panel and m.arm == term.arm and m.at(fixed)]
-
-    def mean(value: Any) -> float:
-        found = [metric_value(m.run, select.metric) for m in runs if m.cell.get(nuisance) == value]
-        finite = [v for v in found if math.isfinite(v)]
-        if not finite:
-            return math.inf if select.lower else -math.inf
-        return sum(finite) / len(finite)
-
-    picked = (min if select.lower else max)(candidates, key=mean)
+    picked = best_nuisance(runs, nuisance, candidates, select.metric, select.lower)
+    if term.select is None:
+        return {"selection": "best", "axis": nuisance, "criterion": BEST_CRITERION, "candidates": list(candidates),
+                "picked": picked}
     return {"selection": "best", "axis": nuisance, "panel": panel, "metric": select.metric, "lower": select.lower,
             "criterion": f"the {'lowest' if select.lower else 'highest'} mean {select.metric} over the arm's runs "
                          f"that trained in panel {panel}", "candidates": list(candidates), "picked": picked}

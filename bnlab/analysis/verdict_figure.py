@@ -12,6 +12,7 @@ from typing import Any
 from bnlab.analysis.arms import LAYER_METRICS, ArmRun, metric_value
 from bnlab.analysis.compare import best_nuisance, metric_words
 from bnlab.analysis.figures import Drawn, new_figure, png_bytes
+from bnlab.analysis.stats import summarize
 from bnlab.analysis.suites import FigureSpec, Suite, cell_label
 
 
@@ -39,19 +40,11 @@ def _at(members: list[ArmRun], arm: str, where: dict[str, Any], nuisance: str | 
 
 
 def _mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
-    """Mean and a t-based 95% interval over the finite values (the interval is the mean with one)."""
-    import statistics
-
-    from scipy import stats
-
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return math.nan, math.nan, math.nan
-    mean = sum(finite) / len(finite)
-    if len(finite) < 2:
-        return mean, mean, mean
-    half = stats.t.ppf(0.975, len(finite) - 1) * statistics.stdev(finite) / math.sqrt(len(finite))
-    return mean, mean - half, mean + half
+    """Mean and its 95% t-interval over the finite values (the mean alone with one of them)."""
+    summary = summarize(values)
+    if summary["n"] == 1:
+        return summary["mean"], summary["mean"], summary["mean"]
+    return summary["mean"], summary["ci95_low"], summary["ci95_high"]
 
 
 def _has_finite_line(axis: Any) -> bool:

@@ -38,14 +38,20 @@ def test_all_nine_suites_are_shipped_and_valid() -> None:
         assert suite.design.startswith("docs/literature.md C")
 
 
-@pytest.mark.parametrize("name", SUITES)
+UNPLANNED = {"batch-size"}  # its 3-seed pilots disagreed; it waits for a larger pilot (docs/literature.md)
+
+
+def test_every_suite_but_the_named_ones_has_a_seed_plan() -> None:
+    assert {name for name in SUITES if load_suite(suite_path(name)).seed_plan is None} == UNPLANNED
+
+
+@pytest.mark.parametrize("name", sorted(set(SUITES) - UNPLANNED))
 def test_a_shipped_seed_plan_recomputes_from_its_pilot_spread(name: str) -> None:
     """A suite's seed plan is the simulation's answer at the pilot's spread (seeded, so exact)."""
     from bnlab.analysis.planning import seed_plan
 
     plan = load_suite(suite_path(name)).seed_plan
-    if plan is None:
-        pytest.skip(f"{name}: no seed plan yet (its pilot has not run)")
+    assert plan is not None
     for item in plan.comparisons:
         again = seed_plan(item.sd, item.margin)
         assert (again.seeds, round(again.p_supported, 4), round(again.p_not_supported, 4)) == (
@@ -119,12 +125,13 @@ def test_quick_budget_trains_at_least_80_percent_stacked(name: str) -> None:
     from bnlab.runs.sweep import plan_groups
 
     suite = load_suite(suite_path(name))
-    if suite.base.get("eval", {}).get("grad_ics"):
-        pytest.skip(f"{name}: its probes (gradient ICS, input drift) train solo, by design (docs/probes.md)")
     sweep, _ = suite_sweep(suite, "quick", ["device=cpu"], "")
     groups = plan_groups(sweep.configs, "auto", 10)
     stacked = sum(len(group.configs) for group in groups if group.stacked)
-    assert stacked / len(sweep.configs) >= 0.8, [len(group.configs) for group in groups]
+    if suite.base.get("eval", {}).get("grad_ics"):  # its probes (gradient ICS, input drift) train solo, by design
+        assert stacked == 0, [len(group.configs) for group in groups]
+    else:
+        assert stacked / len(sweep.configs) >= 0.8, [len(group.configs) for group in groups]
 
 
 def _by_hand(folder: Path, fields: dict[str, Any], metric: str) -> dict[int, float]:
