@@ -49,9 +49,9 @@ class HeatPanel:
 @dataclass(frozen=True)
 class Curve:
     label: str
-    epochs: Sequence[float]
+    x: Sequence[float]  # epochs or steps (CurveSource)
     mean: Sequence[float]
-    low: Sequence[float]  # the band: min over seeds at each epoch
+    low: Sequence[float]  # the band: min over seeds at each x
     high: Sequence[float]  # max over seeds
 
 
@@ -109,51 +109,84 @@ def heatmap(group: Group) -> Drawn | None:
                  heatmap_png(shown, x_field, x_values, y_field, y_values), caption)
 
 
-Band = tuple[list[float], list[float], list[float], list[float]]  # epochs, mean, min, max over seeds
+Band = tuple[list[float], list[float], list[float], list[float]]  # x, mean, min, max over seeds
 
 
-def _epoch_band(runs: list[FinishedRun], metric: str) -> Band | None:
-    per_epoch: dict[float, list[float]] = {}
+@dataclass(frozen=True)
+class CurveSource:
+    """Where a learning curve's points come from: a run table, its x column and the metric."""
+    table: str
+    x: str
+    metric: str
+    xlabel: str
+    ylabel: str
+    percent: bool
+
+
+PER_EPOCH = CurveSource("epochs", "epoch", "val_acc", "epoch", "validation accuracy (%)", True)
+AT_CHECKPOINTS = CurveSource("steps", "step", "val_acc", "step", "validation accuracy (%)", True)
+LOGGED_LOSS = CurveSource("steps", "step", "train_loss", "step", "training loss (logged batch)", False)
+FEW_EPOCHS = 4  # below this many epochs a per-epoch curve is a point or two: draw it against steps
+
+
+def _band(runs: list[FinishedRun], source: CurveSource) -> Band | None:
+    per_x: dict[float, list[float]] = {}
     for run in runs:
-        table = run.frame("epochs")
-        if metric not in table or "epoch" not in table:
+        table = run.frame(source.table)
+        if source.metric not in table or source.x not in table:
             continue
-        for epoch, value in zip(table["epoch"], table[metric], strict=True):
+        for at, value in zip(table[source.x], table[source.metric], strict=True):
             if isinstance(value, int | float) and math.isfinite(value):
-                per_epoch.setdefault(float(epoch), []).append(float(value))
-    if not per_epoch:
+                per_x.setdefault(float(at), []).append(float(value))
+    if not per_x:
         return None
-    epochs = sorted(per_epoch)
-    return (epochs, [sum(per_epoch[e]) / len(per_epoch[e]) for e in epochs],
-            [min(per_epoch[e]) for e in epochs], [max(per_epoch[e]) for e in epochs])
+    xs = sorted(per_x)
+    return (xs, [sum(per_x[x]) / len(per_x[x]) for x in xs],
+            [min(per_x[x]) for x in xs], [max(per_x[x]) for x in xs])
+
+
+def curve_source(runs: Sequence[FinishedRun]) -> CurveSource:
+    """Per epoch when the runs have enough epochs; else against steps: validation accuracy at the
+    checkpoints (eval.every_steps) when the runs have them, the logged training loss when not."""
+    if any(len(run.frame("epochs")) >= FEW_EPOCHS for run in runs):
+        return PER_EPOCH
+    if any(_band([run], AT_CHECKPOINTS) is not None for run in runs):
+        return AT_CHECKPOINTS
+    return LOGGED_LOSS
 
 
 def learning_curves(group: Group) -> Drawn | None:
-    """Validation accuracy per epoch: a panel per model.bn value (or per value of the first field),
-    a line per cell in it (mean over seeds) with a min-max band over seeds."""
+    """A learning curve per cell (mean over seeds, min-max band): a panel per model.bn value (or per
+    value of the first field). Validation accuracy per epoch, or against steps when runs are short
+    (curve_source): a one-epoch run's per-epoch curve is a single point."""
     by = "model.bn" if "model.bn" in group.fields else group.fields[0] if len(group.fields) >= 2 else None
+    source = curve_source([run for runs in group.cells.values() for run in runs])
     panels: dict[str, list[Curve]] = {}
     left_out = []
     for key, runs in group.cells.items():
         title = f"{by}={key[group.fields.index(by)]}" if by else "all runs"
         label = group.cell_label(key, skip=by, short=True)
         curves = panels.setdefault(title, [])
-        band = _epoch_band(runs, "val_acc")
+        band = _band(runs, source)
         if band is None:
-            left_out.append(f"{label if by is None else title + ', ' + label} (no epochs)")
+            left_out.append(f"{label if by is None else title + ', ' + label} (no finite {source.metric})")
         elif len(curves) < MAX_CURVES:
             curves.append(Curve(title if label == "all runs" else label, *band))
         else:
             left_out.append(label if by is None else f"{title}, {label}")
     if not any(panels.values()):
         return None
-    caption = ("Validation accuracy per epoch: the line is the mean over seeds, the band spans the lowest and the "
-               "highest seed.")
+    what = {PER_EPOCH: "Validation accuracy per epoch",
+            AT_CHECKPOINTS: "Validation accuracy at each checkpoint, against training steps (the runs have "
+                            f"fewer than {FEW_EPOCHS} epochs)",
+            LOGGED_LOSS: "Training loss of the logged batches, against training steps (the runs have fewer than "
+                         f"{FEW_EPOCHS} epochs and no validation checkpoints)"}[source]
+    caption = f"{what}: the line is the mean over seeds, the band spans the lowest and the highest seed."
     if left_out:
         caption += " Not drawn: " + "; ".join(left_out) + "."
-    png = curves_png([CurvePanel(title, curves) for title, curves in panels.items()], "validation accuracy (%)",
+    png = curves_png([CurvePanel(title, curves) for title, curves in panels.items()], source,
                      "band: min–max over seeds")
-    return Drawn("validation accuracy per epoch", png, caption)
+    return Drawn(what.split(" (")[0].lower(), png, caption)
 
 
 def activation_percentiles(group: Group) -> Drawn | None:
@@ -212,6 +245,11 @@ def png_bytes(figure: Any) -> bytes:
 
 def heatmap_png(panels: Sequence[HeatPanel], x_field: str, x_values: Sequence[str], y_field: str,
                 y_values: Sequence[str]) -> bytes:
+    return png_bytes(heatmap_figure(panels, x_field, x_values, y_field, y_values))
+
+
+def heatmap_figure(panels: Sequence[HeatPanel], x_field: str, x_values: Sequence[str], y_field: str,
+                   y_values: Sequence[str]) -> Any:
     """Mean final test accuracy (%) per (y, x) cell, one panel each; a cell where every run
     diverged is hatched with an ×, a cell where some did carries '× k/n' under its value."""
     import numpy as np
@@ -253,7 +291,19 @@ def heatmap_png(panels: Sequence[HeatPanel], x_field: str, x_values: Sequence[st
         axis.set_axis_off()
     if image is not None:
         figure.colorbar(image, ax=axes[: len(panels)], label="final test accuracy (%)", shrink=0.9)
-    return png_bytes(figure)
+    for axis in axes[: len(panels)]:
+        if overlapping_x_ticks(figure, axis):  # upright labels are as wide as a cell's text height
+            axis.tick_params(axis="x", labelrotation=90)
+    return figure
+
+
+def overlapping_x_ticks(figure: Any, axis: Any) -> bool:
+    """Whether two neighbouring x tick labels of `axis` overlap as drawn (long lr values in narrow
+    cells): measured on the laid-out figure, since a label's width depends on its font."""
+    figure.draw_without_rendering()
+    boxes = sorted((label.get_window_extent() for label in axis.get_xticklabels() if label.get_text()),
+                   key=lambda box: box.x0)
+    return any(left.x1 > right.x0 for left, right in zip(boxes, boxes[1:], strict=False))
 
 
 def _hatched(column: int, row: int) -> Any:
@@ -263,8 +313,9 @@ def _hatched(column: int, row: int) -> Any:
                      hatch="///", linewidth=0)
 
 
-def curves_png(panels: Sequence[CurvePanel], ylabel: str, band: str) -> bytes:
-    """One line per cell (mean over seeds) with a shaded band, one panel per group."""
+def curves_png(panels: Sequence[CurvePanel], source: CurveSource, band: str) -> bytes:
+    """One line per cell (mean over seeds) with a shaded band, one panel per group; a log x axis
+    for steps, where one panel may hold runs of a hundred steps and of thousands."""
     from matplotlib.ticker import MaxNLocator
 
     columns = min(len(panels), 3)
@@ -273,26 +324,31 @@ def curves_png(panels: Sequence[CurvePanel], ylabel: str, band: str) -> bytes:
     labels = list(dict.fromkeys(curve.label for panel in panels for curve in panel.curves))
     colours = {label: f"C{index % 10}" for index, label in enumerate(labels)}  # the same cell, the same colour
     handles = {}
+    scale = 100 if source.percent else 1
     for axis, panel in zip(axes, panels, strict=False):
         for curve in panel.curves:
             colour = colours[curve.label]
-            (handles[curve.label],) = axis.plot(curve.epochs, [100 * v for v in curve.mean], "o-", ms=3, lw=1.5,
-                                                color=colour, label=curve.label)
-            axis.fill_between(curve.epochs, [100 * v for v in curve.low], [100 * v for v in curve.high],
+            (handles[curve.label],) = axis.plot(curve.x, [scale * v for v in curve.mean], "o-" if len(curve.x) < 30
+                                                else "-", ms=3, lw=1.5, color=colour, label=curve.label)
+            axis.fill_between(curve.x, [scale * v for v in curve.low], [scale * v for v in curve.high],
                               color=colour, alpha=0.15, linewidth=0)
-            if len(curve.epochs) == 1:  # a band of one point is invisible: show the seeds' range as a bar
-                mean = 100 * curve.mean[0]
-                axis.errorbar(curve.epochs, [mean], yerr=[[mean - 100 * curve.low[0]], [100 * curve.high[0] - mean]],
+            if len(curve.x) == 1:  # a band of one point is invisible: show the seeds' range as a bar
+                mean = scale * curve.mean[0]
+                axis.errorbar(curve.x, [mean], yerr=[[mean - scale * curve.low[0]], [scale * curve.high[0] - mean]],
                               color=colour, capsize=4)
-        axis.set(xlabel="epoch", ylabel=ylabel if axis in axes[::columns] else "", title=panel.title)
+        axis.set(xlabel=source.xlabel, ylabel=source.ylabel if axis in axes[::columns] else "", title=panel.title)
         axis.title.set_fontsize(10)
-        epochs = sorted({epoch for curve in panel.curves for epoch in curve.epochs})
-        if len(epochs) > 12:
+        xs = sorted({x for curve in panel.curves for x in curve.x})
+        if source.x == "step":
+            axis.set_xscale("log" if len(xs) > 1 and xs[-1] / xs[0] > 20 else "linear")
+            if not source.percent:
+                axis.set_yscale("log")
+        elif len(xs) > 12:
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         else:  # few epochs: one tick each (a locator puts fractional ticks around a single one)
-            axis.set_xticks(epochs, [f"{epoch:g}" for epoch in epochs])
-            if len(epochs) == 1:
-                axis.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
+            axis.set_xticks(xs, [f"{x:g}" for x in xs])
+            if len(xs) == 1:
+                axis.set_xlim(xs[0] - 0.5, xs[0] + 0.5)
         axis.grid(alpha=0.3)
     for axis in axes[len(panels):]:
         axis.set_axis_off()

@@ -147,7 +147,8 @@ class FinishedRun:
         frame = pd.DataFrame(self.table(name))
         for column in frame.columns:
             if column not in _TEXT_COLUMNS:
-                frame[column] = pd.to_numeric(frame[column].where(frame[column] != ""))
+                # astype, not pd.to_numeric: a diverged run's "nan" is a value, and to_numeric rejects it
+                frame[column] = frame[column].where(frame[column] != "").astype(float)
         return frame
 
 

@@ -38,14 +38,11 @@ def test_all_nine_suites_are_shipped_and_valid() -> None:
         assert suite.design.startswith("docs/literature.md C")
 
 
-UNPLANNED = {"batch-size"}  # its 3-seed pilots disagreed; it waits for a larger pilot (docs/literature.md)
+def test_every_suite_has_a_seed_plan() -> None:
+    assert [name for name in SUITES if load_suite(suite_path(name)).seed_plan is None] == []
 
 
-def test_every_suite_but_the_named_ones_has_a_seed_plan() -> None:
-    assert {name for name in SUITES if load_suite(suite_path(name)).seed_plan is None} == UNPLANNED
-
-
-@pytest.mark.parametrize("name", sorted(set(SUITES) - UNPLANNED))
+@pytest.mark.parametrize("name", SUITES)
 def test_a_shipped_seed_plan_recomputes_from_its_pilot_spread(name: str) -> None:
     """A suite's seed plan is the simulation's answer at the pilot's spread (seeded, so exact)."""
     from bnlab.analysis.planning import seed_plan

@@ -23,6 +23,7 @@ import typer
 from conftest import WAIT_SECONDS, require, write_dataset, write_spec
 from typer.testing import CliRunner
 
+from bnlab.analysis import figures
 from bnlab.analysis.claims import ClaimResult
 from bnlab.analysis.compare import Comparison
 from bnlab.analysis.document import Report, Table
@@ -33,6 +34,7 @@ from bnlab.analysis.stats import paired_comparison, plain_words, verdict
 from bnlab.cli.report import report as report_command
 from bnlab.config import validate
 from bnlab.config.spec import load_sweep
+from bnlab.records import read_finished
 from bnlab.runs.runner import run as run_one
 from bnlab.runs.sweep import SweepOptions, run_sweep
 
@@ -214,6 +216,18 @@ def test_html_is_one_offline_file_with_valid_inline_pngs(written: Written) -> No
         assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
 
 
+def test_short_runs_draw_learning_curves_against_steps(sweep: Path, written: Written) -> None:
+    """Two-epoch runs would give a curve of two points per epoch: the figure uses the logged steps."""
+    curves = next(figure for figure in written.built.figures if figure.slug.startswith("curves"))
+    assert "against training steps" in curves.caption and curves.caption.startswith("Training loss")
+    trained = next(row["run_id"] for row in results(sweep) if row["status"] == "done")
+    run = read_finished(sweep / trained)
+    assert figures.curve_source([run]) is figures.LOGGED_LOSS
+    x, mean, low, high = figures._band([run], figures.curve_source([run]))
+    logged = pd.read_csv(sweep / trained / "steps.csv")
+    assert x == [float(step) for step in logged["step"]] and mean == low == high == list(logged["train_loss"])
+
+
 def test_hostile_names_and_errors_are_escaped(sweep: Path, tmp_path: Path) -> None:
     folder = copy_runs(sweep, tmp_path / HOSTILE)
     failed = next(row["run_id"] for row in results(sweep) if row["status"] == "done")
@@ -370,3 +384,17 @@ def test_report_renders_offline_in_chromium(written: Written, tmp_path: Path) ->
     leaky.write_text('<!DOCTYPE html><p>x</p><img src="http://example.invalid/x.png">')
     _, leaky_log = browse(browser, leaky, tmp_path / "leaky")
     assert page_requests(leaky_log) == ["http://example.invalid/x.png"]
+
+
+def test_heatmap_tick_labels_never_overlap() -> None:
+    """Eight long lr labels in a narrow panel overlap as drawn; the heatmap turns them until they don't."""
+    lrs = ["0.0001", "0.00017321", "0.0003", "0.00051962", "0.001", "0.0017321", "0.003", "0.0051962"]
+    sizes = ["8", "64"]
+    cells = {(size, lr): figures.HeatCell(0.9, 2, 0) for size in sizes for lr in lrs}
+    drawn = figures.heatmap_figure([figures.HeatPanel(f"panel {k}", cells) for k in range(3)],
+                                   "train.lr", lrs, "train.batch_size", sizes)
+    panels = [axis for axis in drawn.axes if axis.get_xticklabels() and axis.get_title()]
+    assert len(panels) == 3 and not any(figures.overlapping_x_ticks(drawn, axis) for axis in panels)
+    naive, (axis,) = figures.new_figure(1, 1, width=0.75 + 0.55 * len(lrs) / 2)
+    axis.set_xticks(range(len(lrs)), lrs)
+    assert figures.overlapping_x_ticks(naive, axis)  # the check itself can see an overlap
