@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from bnlab.analysis.cells import Group
@@ -21,7 +22,6 @@ from bnlab.records import DID_NOT_TRAIN, FinishedRun
 DPI = 110
 WIDTH_INCHES = 10.0  # the report's ~1100 px column at DPI
 PANEL_INCHES = 3.3  # one curve or probe panel: three to a row
-MAX_CURVES = 8  # lines per learning-curve panel; more cells are named in the caption, not drawn
 MAX_PANELS = 9  # heatmap panels per figure
 _DIVERGED_FACE = "#e5e7eb"
 
@@ -44,21 +44,6 @@ class HeatCell:
 class HeatPanel:
     title: str
     cells: dict[tuple[str, str], HeatCell]  # (y label, x label) -> cell
-
-
-@dataclass(frozen=True)
-class Curve:
-    label: str
-    x: Sequence[float]  # epochs or steps (CurveSource)
-    mean: Sequence[float]
-    low: Sequence[float]  # the band: min over seeds at each x
-    high: Sequence[float]  # max over seeds
-
-
-@dataclass(frozen=True)
-class CurvePanel:
-    title: str
-    curves: list[Curve] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -100,105 +85,44 @@ def heatmap(group: Group) -> Drawn | None:
         panels.setdefault(title, {})[(key[y_at], key[x_at])] = cell
     y_values = list(dict.fromkeys(key[y_at] for key in group.cells))
     x_values = list(dict.fromkeys(key[x_at] for key in group.cells))
-    shown = [HeatPanel(title, cells) for title, cells in list(panels.items())[:MAX_PANELS]]
+    # A panel of one cell (a ghost-BN setting run at one batch size and lr) is no map: the tables have it.
+    maps = {title: cells for title, cells in panels.items() if len(cells) > 1}
+    if not maps:
+        return None
+    shown = [HeatPanel(title, cells) for title, cells in list(maps.items())[:MAX_PANELS]]
     caption = ("Final test accuracy (%), mean over seeds. A hatched × cell: every run diverged; '× k/n': k of its "
                "n runs diverged, and the value is the mean of the rest.")
-    if len(panels) > MAX_PANELS:
-        caption += f" Showing {MAX_PANELS} of {len(panels)} panels; the per-cell table has them all."
+    if len(maps) > MAX_PANELS:
+        caption += f" Showing {MAX_PANELS} of {len(maps)} panels; the per-cell table has them all."
+    if len(maps) < len(panels):
+        caption += (f" Not drawn: {len(panels) - len(maps)} setting(s) run in a single cell "
+                    f"({'; '.join(title for title in panels if title not in maps)}); the per-cell table has them.")
     return Drawn(f"final test accuracy: {y_field} x {x_field}",
                  heatmap_png(shown, x_field, x_values, y_field, y_values), caption)
 
 
-Band = tuple[list[float], list[float], list[float], list[float]]  # x, mean, min, max over seeds
-
-
-@dataclass(frozen=True)
-class CurveSource:
-    """Where a learning curve's points come from: a run table, its x column and the metric."""
-    table: str
-    x: str
-    metric: str
-    xlabel: str
-    ylabel: str
-    percent: bool
-
-
-PER_EPOCH = CurveSource("epochs", "epoch", "val_acc", "epoch", "validation accuracy (%)", True)
-AT_CHECKPOINTS = CurveSource("steps", "step", "val_acc", "step", "validation accuracy (%)", True)
-LOGGED_LOSS = CurveSource("steps", "step", "train_loss", "step", "training loss (logged batch)", False)
-FEW_EPOCHS = 4  # below this many epochs a per-epoch curve is a point or two: draw it against steps
-
-
-def _band(runs: list[FinishedRun], source: CurveSource) -> Band | None:
-    per_x: dict[float, list[float]] = {}
-    for run in runs:
-        table = run.frame(source.table)
-        if source.metric not in table or source.x not in table:
-            continue
-        for at, value in zip(table[source.x], table[source.metric], strict=True):
-            if isinstance(value, int | float) and math.isfinite(value):
-                per_x.setdefault(float(at), []).append(float(value))
-    if not per_x:
-        return None
-    xs = sorted(per_x)
-    return (xs, [sum(per_x[x]) / len(per_x[x]) for x in xs],
-            [min(per_x[x]) for x in xs], [max(per_x[x]) for x in xs])
-
-
-def curve_source(runs: Sequence[FinishedRun]) -> CurveSource:
-    """Per epoch when the runs have enough epochs; else against steps: validation accuracy at the
-    checkpoints (eval.every_steps) when the runs have them, the logged training loss when not."""
-    if any(len(run.frame("epochs")) >= FEW_EPOCHS for run in runs):
-        return PER_EPOCH
-    if any(_band([run], AT_CHECKPOINTS) is not None for run in runs):
-        return AT_CHECKPOINTS
-    return LOGGED_LOSS
-
-
-def learning_curves(group: Group) -> Drawn | None:
-    """A learning curve per cell (mean over seeds, min-max band): a panel per model.bn value (or per
-    value of the first field). Validation accuracy per epoch, or against steps when runs are short
-    (curve_source): a one-epoch run's per-epoch curve is a single point."""
-    by = "model.bn" if "model.bn" in group.fields else group.fields[0] if len(group.fields) >= 2 else None
-    source = curve_source([run for runs in group.cells.values() for run in runs])
-    panels: dict[str, list[Curve]] = {}
-    left_out = []
-    for key, runs in group.cells.items():
-        title = f"{by}={key[group.fields.index(by)]}" if by else "all runs"
-        label = group.cell_label(key, skip=by, short=True)
-        curves = panels.setdefault(title, [])
-        band = _band(runs, source)
-        if band is None:
-            left_out.append(f"{label if by is None else title + ', ' + label} (no finite {source.metric})")
-        elif len(curves) < MAX_CURVES:
-            curves.append(Curve(title if label == "all runs" else label, *band))
-        else:
-            left_out.append(label if by is None else f"{title}, {label}")
-    if not any(panels.values()):
-        return None
-    what = {PER_EPOCH: "Validation accuracy per epoch",
-            AT_CHECKPOINTS: "Validation accuracy at each checkpoint, against training steps (the runs have "
-                            f"fewer than {FEW_EPOCHS} epochs)",
-            LOGGED_LOSS: "Training loss of the logged batches, against training steps (the runs have fewer than "
-                         f"{FEW_EPOCHS} epochs and no validation checkpoints)"}[source]
-    caption = f"{what}: the line is the mean over seeds, the band spans the lowest and the highest seed."
-    if left_out:
-        caption += " Not drawn: " + "; ".join(left_out) + "."
-    png = curves_png([CurvePanel(title, curves) for title, curves in panels.items()], source,
-                     "band: min–max over seeds")
-    return Drawn(what.split(" (")[0].lower(), png, caption)
+def _finite(value: Any, missing: float = -math.inf) -> float:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else missing
 
 
 def activation_percentiles(group: Group) -> Drawn | None:
-    """Per placement: its first cell's lowest-seed run (a done one if any), layer 1 and the last layer."""
-    picked: dict[str, tuple[tuple[str, ...], FinishedRun]] = {}
+    """Per placement, a typical run of the setting a user would pick: in its cell with the highest
+    mean validation accuracy, the seed with the median final test accuracy; layer 1 and the last."""
+    best: dict[str, tuple[float, tuple[str, ...], list[FinishedRun]]] = {}
     for key, runs in group.cells.items():
         placement = str(runs[0].fields.get("model.bn"))
-        # A run that trained if any, else one that at least recorded probes (not a failed one).
-        finished = ([run for run in runs if run.status in ("done", DID_NOT_TRAIN)]
-                    or [run for run in runs if run.status != "failed"])
-        if placement not in picked and finished:
-            picked[placement] = (key, min(finished, key=lambda run: run.fields["seed"]))
+        # Runs that trained if any, else ones that at least recorded probes (not failed ones).
+        usable = ([run for run in runs if run.status in ("done", DID_NOT_TRAIN)]
+                  or [run for run in runs if run.status != "failed"])
+        if not usable:
+            continue
+        score = _finite(summarize([run.final.get("val_acc") for run in usable])["mean"])
+        if placement not in best or score > best[placement][0]:
+            best[placement] = (score, key, usable)
+    picked: dict[str, tuple[tuple[str, ...], FinishedRun]] = {}
+    for placement, (_, key, usable) in best.items():
+        ranked = sorted(usable, key=lambda run: (_finite(run.final.get("test_acc")), run.fields["seed"]))
+        picked[placement] = (key, ranked[(len(ranked) - 1) // 2])
     columns: list[list[ProbePanel]] = []
     used = []
     for placement, (key, run) in picked.items():
@@ -222,7 +146,9 @@ def activation_percentiles(group: Group) -> Drawn | None:
     panels = [column[row] if row < len(column) else blank for row in range(rows) for column in columns]
     caption = ("15th and 85th (dashed) and 50th (solid) percentiles of one unit's input to the nonlinearity on a "
                "fixed batch of training images, over training (Ioffe & Szegedy 2015, Fig. 1); top row: the first "
-               "hidden layer, bottom row: the last. Runs: " + "; ".join(used) + ".")
+               "hidden layer, bottom row: the last. Each placement shows a typical run of the setting one would "
+               "pick: in its cell with the highest mean validation accuracy, the seed with the median final test "
+               "accuracy. Runs: " + "; ".join(used) + ".")
     return Drawn("input to the nonlinearity over training", probes_png(panels, len(columns)), caption)
 
 
@@ -285,7 +211,8 @@ def heatmap_figure(panels: Sequence[HeatPanel], x_field: str, x_values: Sequence
         axis.set_yticks(range(len(y_values)), y_values)
         axis.set_xlabel(x_field)
         axis.set_ylabel(y_field if axis in axes[::columns] else "")
-        axis.set_title(panel.title, fontsize=10)
+        # A title naming three fields is wider than its panel: wrapped, it cannot run into the next one.
+        axis.set_title(textwrap.fill(panel.title, max(16, int(width * 9))), fontsize=9)
         axis.tick_params(length=0)
     for axis in axes[len(panels):]:
         axis.set_axis_off()
@@ -311,51 +238,6 @@ def _hatched(column: int, row: int) -> Any:
 
     return Rectangle((column - 0.5, row - 0.5), 1, 1, facecolor=_DIVERGED_FACE, edgecolor="#9ca3af",
                      hatch="///", linewidth=0)
-
-
-def curves_png(panels: Sequence[CurvePanel], source: CurveSource, band: str) -> bytes:
-    """One line per cell (mean over seeds) with a shaded band, one panel per group; a log x axis
-    for steps, where one panel may hold runs of a hundred steps and of thousands."""
-    from matplotlib.ticker import MaxNLocator
-
-    columns = min(len(panels), 3)
-    rows = math.ceil(len(panels) / columns)
-    figure, axes = new_figure(columns, rows)
-    labels = list(dict.fromkeys(curve.label for panel in panels for curve in panel.curves))
-    colours = {label: f"C{index % 10}" for index, label in enumerate(labels)}  # the same cell, the same colour
-    handles = {}
-    scale = 100 if source.percent else 1
-    for axis, panel in zip(axes, panels, strict=False):
-        for curve in panel.curves:
-            colour = colours[curve.label]
-            (handles[curve.label],) = axis.plot(curve.x, [scale * v for v in curve.mean], "o-" if len(curve.x) < 30
-                                                else "-", ms=3, lw=1.5, color=colour, label=curve.label)
-            axis.fill_between(curve.x, [scale * v for v in curve.low], [scale * v for v in curve.high],
-                              color=colour, alpha=0.15, linewidth=0)
-            if len(curve.x) == 1:  # a band of one point is invisible: show the seeds' range as a bar
-                mean = scale * curve.mean[0]
-                axis.errorbar(curve.x, [mean], yerr=[[mean - scale * curve.low[0]], [scale * curve.high[0] - mean]],
-                              color=colour, capsize=4)
-        axis.set(xlabel=source.xlabel, ylabel=source.ylabel if axis in axes[::columns] else "", title=panel.title)
-        axis.title.set_fontsize(10)
-        xs = sorted({x for curve in panel.curves for x in curve.x})
-        if source.x == "step":
-            axis.set_xscale("log" if len(xs) > 1 and xs[-1] / xs[0] > 20 else "linear")
-            if not source.percent:
-                axis.set_yscale("log")
-        elif len(xs) > 12:
-            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        else:  # few epochs: one tick each (a locator puts fractional ticks around a single one)
-            axis.set_xticks(xs, [f"{x:g}" for x in xs])
-            if len(xs) == 1:
-                axis.set_xlim(xs[0] - 0.5, xs[0] + 0.5)
-        axis.grid(alpha=0.3)
-    for axis in axes[len(panels):]:
-        axis.set_axis_off()
-    if handles:
-        figure.legend([handles[label] for label in labels], labels, loc="outside lower center",
-                      ncol=min(len(labels), 4), fontsize=8, title=band, title_fontsize=8, frameon=False)
-    return png_bytes(figure)
 
 
 def probes_png(panels: Sequence[ProbePanel], columns: int) -> bytes:

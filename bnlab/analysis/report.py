@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from bnlab.analysis import figures
+from bnlab.analysis import figures, learning_curves
 from bnlab.analysis.cells import Group, group_runs, show
 from bnlab.analysis.claims import ClaimResult
 from bnlab.analysis.document import Badge, Block, Code, Figure, Items, Report, Section, Table, Text
@@ -190,7 +190,7 @@ def _results(group: Group) -> list[Section]:
     blocks = [Table([*group.fields, "runs", *numbers], rows)]
     sections.append(Section("Results per cell" + group.suffix(), blocks if group.fields else [seed_note, *blocks]))
     for title, slug, draw in (("Accuracy heatmaps", "heatmap", figures.heatmap),
-                              ("Learning curves", "curves", figures.learning_curves),
+                              ("Learning curves", "curves", learning_curves.learning_curves),
                               ("Activation percentiles", "probes", figures.activation_percentiles)):
         drawn = draw(group)
         if drawn is not None:

@@ -100,6 +100,9 @@ def _against(suite: Suite, spec: FigureSpec, axes: dict[str, list[Any]], members
                 continue
             if spec.log_x and _has_finite_line(axis):
                 axis.set_xscale("log")
+                if len(xs) <= 10:  # the grid's own values read better than powers of ten
+                    axis.set_xticks(xs, [f"{x:g}" for x in xs])
+                    axis.minorticks_off()
             axis.set(xlabel=spec.x, ylabel=label if column == 0 else "", title=title if axis is top else "")
             axis.title.set_fontsize(10)
             axis.grid(alpha=0.3)
@@ -124,14 +127,17 @@ def _curves(suite: Suite, spec: FigureSpec, axes: dict[str, list[Any]], members:
             series = [s for s in series if s]
             if not series:
                 continue
-            length = min(len(s) for s in series)
-            x = [sum(s[i][0] for s in series) / len(series) for i in range(length)]
-            mean = [scale * sum(s[i][1] for s in series) / len(series) for i in range(length)]
-            low = [scale * min(s[i][1] for s in series) for i in range(length)]
-            high = [scale * max(s[i][1] for s in series) for i in range(length)]
+            x, per_seed = _by_step(series) if spec.x == "step" else binned(series, spec.log_x)
+            mean = [scale * sum(values) / len(values) for values in per_seed]
+            low = [scale * min(values) for values in per_seed]
+            high = [scale * max(values) for values in per_seed]
             colour = f"C{index % 10}"
             axis.plot(x, mean, "-", color=colour, lw=1.5, label=f"{arm} ({len(series)} seeds)")
             axis.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0)
+        matched = suite.rule.metric.split(":")
+        if spec.x == "train_eval_loss" and matched[0] == "matched" and len(matched) == 3:
+            axis.axvline(float(matched[2]), color="#6b7280", ls=":", lw=1.2,
+                         label=f"train loss {matched[2]}: where the verdict is read")
         if spec.log_x and _has_finite_line(axis):
             axis.set_xscale("log")
         if spec.invert_x:
@@ -142,8 +148,40 @@ def _curves(suite: Suite, spec: FigureSpec, axes: dict[str, list[Any]], members:
             axis.legend(fontsize=8)
     caption = (f"Per arm{' at ' + cell_label(spec.where) if spec.where else ''}: the mean over seeds of "
                f"{', '.join(ys)} against {spec.x}, with the seeds' range shaded"
-               + (" (layers.csv columns averaged over layers)" if any(y in LAYER_METRICS for y in ys) else "") + ".")
+               + (" (layers.csv columns averaged over layers)" if any(y in LAYER_METRICS for y in ys) else "")
+               + ("" if spec.x == "step" else
+                  f". Checkpoints are binned by {spec.x} ({BINS} {'log-' if spec.log_x else ''}spaced bins); each "
+                  "seed's checkpoints in a bin are averaged first, and a bin is drawn where at least half the "
+                  "seeds have one") + ".")
     return Drawn(spec.title, png_bytes(figure), caption)
+
+
+BINS = 16  # bins over a non-step x (a loss): seeds reach a given loss at different checkpoints
+
+
+def _by_step(series: list[list[tuple[float, float]]]) -> tuple[list[float], list[list[float]]]:
+    """Checkpoint i of every seed (the same step in each), up to the shortest run."""
+    length = min(len(points) for points in series)
+    return [series[0][i][0] for i in range(length)], [[points[i][1] for points in series] for i in range(length)]
+
+
+def binned(series: list[list[tuple[float, float]]], log: bool) -> tuple[list[float], list[list[float]]]:
+    """Per bin of x: each seed's mean y over its checkpoints there. Averaging checkpoint i across
+    seeds would pair different x values (one seed's loss at step 400 is another's at 300)."""
+    import numpy as np
+
+    xs = np.array([x for points in series for x, _ in points if x > 0 or not log])
+    if xs.size == 0:
+        return [], []
+    edges = (np.geomspace if log else np.linspace)(xs.min(), xs.max(), BINS + 1)
+    centres, per_seed = [], []
+    for left, right in zip(edges[:-1], edges[1:], strict=True):
+        means = [float(np.mean(inside)) for points in series
+                 if (inside := [y for x, y in points if left <= x <= right])]
+        if 2 * len(means) >= len(series):
+            centres.append(float(np.sqrt(left * right) if log else (left + right) / 2))
+            per_seed.append(means)
+    return centres, per_seed
 
 
 def _series(member: ArmRun, x: str, y: str) -> list[tuple[float, float]]:

@@ -180,3 +180,19 @@ def test_the_verdict_figure_draws_when_nothing_trained(tmp_path: Path, tiny_mnis
     assert result.exit_code == 0, result.output
     assert "panels: INCONCLUSIVE" in result.stdout
     assert (tmp_path / "runs" / "claim-panels-smoke" / "report-figures" / "verdict-panels.png").stat().st_size > 0
+
+
+def test_curves_against_a_loss_bin_each_seeds_checkpoints_first() -> None:
+    """Seeds reach a loss at different checkpoints: a bin averages each seed's points, then the seeds,
+    and a bin only one of three seeds reaches is not drawn."""
+    from bnlab.analysis.verdict_figure import BINS, binned
+
+    fast = [(1.0, 0.5), (0.1, 0.9), (0.01, 0.95)]
+    slow = [(1.0, 0.4), (0.9, 0.45), (0.1, 0.8)]
+    last = [(1.0, 0.6), (0.1, 0.7)]
+    centres, per_seed = binned([fast, slow, last], log=True)
+    assert len(centres) <= BINS and centres == sorted(centres)
+    assert min(centres) > 0.0134  # the lowest bin, [0.01, 0.0133], holds the fast seed alone
+    at_point_one = per_seed[min(range(len(centres)), key=lambda i: abs(math.log(centres[i] / 0.1)))]
+    assert sorted(at_point_one) == pytest.approx([0.7, 0.8, 0.9])
+    assert sorted(per_seed[-1]) == pytest.approx(sorted([0.5, (0.4 + 0.45) / 2, 0.6]))

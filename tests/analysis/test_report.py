@@ -23,7 +23,8 @@ import typer
 from conftest import WAIT_SECONDS, require, write_dataset, write_spec
 from typer.testing import CliRunner
 
-from bnlab.analysis import figures
+from bnlab.analysis import figures, learning_curves
+from bnlab.analysis.cells import Group
 from bnlab.analysis.claims import ClaimResult
 from bnlab.analysis.compare import Comparison
 from bnlab.analysis.document import Report, Table
@@ -217,15 +218,16 @@ def test_html_is_one_offline_file_with_valid_inline_pngs(written: Written) -> No
 
 
 def test_short_runs_draw_learning_curves_against_steps(sweep: Path, written: Written) -> None:
-    """Two-epoch runs would give a curve of two points per epoch: the figure uses the logged steps."""
+    """Two-epoch runs would give a per-epoch curve of two points: the figure uses the logged steps."""
     curves = next(figure for figure in written.built.figures if figure.slug.startswith("curves"))
     assert "against training steps" in curves.caption and curves.caption.startswith("Training loss")
     trained = next(row["run_id"] for row in results(sweep) if row["status"] == "done")
     run = read_finished(sweep / trained)
-    assert figures.curve_source([run]) is figures.LOGGED_LOSS
-    x, mean, low, high = figures._band([run], figures.curve_source([run]))
+    assert learning_curves.curve_source([run]) is learning_curves.LOGGED_LOSS
+    x, mean, low, high = learning_curves.curve_band([run], learning_curves.curve_source([run]))
     logged = pd.read_csv(sweep / trained / "steps.csv")
-    assert x == [float(step) for step in logged["step"]] and mean == low == high == list(logged["train_loss"])
+    smoothed = list(logged["train_loss"].rolling(learning_curves.LOSS_WINDOW, min_periods=1).mean())
+    assert x == [float(step) for step in logged["step"]] and mean == low == high == pytest.approx(smoothed)
 
 
 def test_hostile_names_and_errors_are_escaped(sweep: Path, tmp_path: Path) -> None:
@@ -398,3 +400,28 @@ def test_heatmap_tick_labels_never_overlap() -> None:
     naive, (axis,) = figures.new_figure(1, 1, width=0.75 + 0.55 * len(lrs) / 2)
     axis.set_xticks(range(len(lrs)), lrs)
     assert figures.overlapping_x_ticks(naive, axis)  # the check itself can see an overlap
+
+
+def test_activation_percentiles_show_a_typical_run_of_the_best_cell(sweep: Path, written: Written) -> None:
+    """The lr that trains (0.01) is each placement's best cell; of its two seeds, the lower test accuracy
+    is the median (the lower middle), and the caption says why that run."""
+    probes = next(figure for figure in written.built.figures if figure.slug.startswith("probes"))
+    assert "the seed with the median final test accuracy" in probes.caption
+    rows = [row for row in results(sweep) if float(row["train.lr"]) == 0.01]
+    shown = [placement for placement in ("after", "none") if f"bn {placement}: run" in probes.caption]
+    assert "after" in shown
+    for placement in shown:
+        mine = sorted((row for row in rows if row["model.bn"] == placement),
+                      key=lambda row: (float(row["test_acc"]), int(row["seed"])))
+        assert f"run {mine[0]['run_id']}" in probes.caption and f"run {mine[1]['run_id']}" not in probes.caption
+
+
+def test_a_heatmap_leaves_out_settings_run_in_a_single_cell(sweep: Path) -> None:
+    """A ghost-BN-like setting run at one (batch, lr) is one coloured square: named in the caption, not drawn."""
+    run = read_finished(sweep / next(row["run_id"] for row in results(sweep) if row["status"] == "done"))
+    fields = ["model.norm", "train.batch_size", "train.lr"]
+    grid = {("batch", size, lr): [run] for size in ("8", "16") for lr in ("0.1", "0.3")}
+    drawn = figures.heatmap(Group("", fields, {**grid, ("ghost", "8", "0.1"): [run]}))
+    assert drawn is not None and "Not drawn: 1 setting(s) run in a single cell (model.norm=ghost)" in drawn.caption
+    assert "Not drawn" not in figures.heatmap(Group("", fields, grid)).caption
+    assert figures.heatmap(Group("", fields, {("ghost", "8", "0.1"): [run]})) is None
