@@ -113,6 +113,8 @@ def _contrast(suite: Suite, contrast: Contrast, axes: dict[str, dict[str, list[A
     scale = rule.scale if contrast.scale is None else contrast.scale
     sentence = plain_words(paired, outcome, name_a="zero", name_b=f"the contrast {contrast.name}",
                            metric=metric_words(metric), unit=unit, scale=scale, margin=margin, direction=direction)
+    if sentence.startswith("the contrast"):  # plain_words opens with name_b: the sentence's first word
+        sentence = "T" + sentence[1:]
     sentence = f"{sentence} The contrast is {formula}, per seed."
     failed = [f"{t['arm']} at {cell_label(t['cell'])} {t['failures']['failed']}/{t['failures']['total']}"
               for t in terms if t["failures"]["failed"]]
