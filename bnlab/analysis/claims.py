@@ -14,6 +14,7 @@ from bnlab.analysis.arms import first_reach, metric_value, read_arm_runs
 from bnlab.analysis.compare import Comparison
 from bnlab.analysis.contrast import contrast_comparisons
 from bnlab.analysis.rules import FORGIVING_TOLERANCE, RULES, STABLE_TOLERANCE
+from bnlab.analysis.spread import spread_rows, spread_table
 from bnlab.analysis.suites import MAIN, Rule, Suite
 from bnlab.analysis.verdict_figure import verdict_figure
 from bnlab.config import cell_values
@@ -43,6 +44,7 @@ class ClaimResult:
     runs: int = 0
     wall_seconds: float | None = None  # training its runs took, over every invocation (invocations.json)
     figure: Any = None  # the verdict's one picture (verdict_figure.Drawn), when the suite asks for one
+    spread: list[dict[str, Any]] = field(default_factory=list)  # analysis/spread.py's rows, when asked for
 
 
 def combine(comparisons: Sequence[Comparison]) -> str:
@@ -177,6 +179,9 @@ def analyze(suite: Suite, sweep: Sweep, folder: Path, budget: str, command: str,
         comparisons += found
         tables += extra
     comparisons += contrast_comparisons(suite, axes, members)
+    spread = spread_rows(suite, axes, members)
+    if spread:
+        tables.append(spread_table(suite, spread))
     figure = verdict_figure(suite, axes, members)
     primary = [c for c in comparisons if c.primary]
     if not primary:
@@ -191,5 +196,5 @@ def analyze(suite: Suite, sweep: Sweep, folder: Path, budget: str, command: str,
         rule=suite.rule.model_dump(), comparisons=comparisons, tables=tables, deviations=list(suite.deviations),
         literature=_literature_note(suite, outcome), expected=suite.expected,
         disagrees=disagrees(suite.expected, outcome), command=command, seeds=list(sweep.seeds),
-        runs=len(sweep.configs), wall_seconds=wall_seconds, figure=figure,
+        runs=len(sweep.configs), wall_seconds=wall_seconds, figure=figure, spread=spread,
     )

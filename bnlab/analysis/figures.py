@@ -111,8 +111,10 @@ def activation_percentiles(group: Group) -> Drawn | None:
     best: dict[str, tuple[float, tuple[str, ...], list[FinishedRun]]] = {}
     for key, runs in group.cells.items():
         placement = str(runs[0].fields.get("model.bn"))
-        # Runs that trained if any, else ones that at least recorded probes (not failed ones).
-        usable = ([run for run in runs if run.status in ("done", DID_NOT_TRAIN)]
+        # Runs that trained if any (scored as the comparisons score them), else ones that at least
+        # recorded probes (not failed ones).
+        usable = ([run for run in runs if run.status == "done"]
+                  or [run for run in runs if run.status == DID_NOT_TRAIN]
                   or [run for run in runs if run.status != "failed"])
         if not usable:
             continue

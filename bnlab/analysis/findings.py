@@ -63,6 +63,7 @@ def verdict_record(outcome: Any) -> dict[str, Any]:
         "git_commits": commits,
         "datasets": [json.loads(text) for text in sorted(datasets)],
         "comparisons": [comparison_record(c, outcome.suite.rule) for c in result.comparisons],
+        **({"spread": result.spread} if result.spread else {}),
     }
 
 

@@ -58,8 +58,8 @@ def curve_band(runs: list[FinishedRun], source: CurveSource) -> Band | None:
         if source.metric not in table or source.x not in table:
             continue
         values = table[source.metric]
-        if source is LOGGED_LOSS:
-            values = values.rolling(LOSS_WINDOW, min_periods=1).mean()
+        if source is LOGGED_LOSS:  # a diverged point stays missing: rolling() would average over it
+            values = values.rolling(LOSS_WINDOW, min_periods=1).mean().where(values.abs() < math.inf)
         for at, value in zip(table[source.x], values, strict=True):
             if isinstance(value, int | float) and math.isfinite(value):
                 per_x.setdefault(float(at), []).append(float(value))

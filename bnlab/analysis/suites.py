@@ -185,6 +185,7 @@ class Suite(Strict):
     budgets: dict[Budgets, Budget]
     seed_plan: SeedPlan | None = None
     figure: FigureSpec | None = None
+    spread: str | None = None  # a main-grid axis: the seed-to-seed spread along it (analysis/spread.py)
     deviations: list[str] = Field(default_factory=list)
 
     def panel(self, name: str) -> Panel:
@@ -284,6 +285,14 @@ def load_suite(path: Path) -> Suite:
         if contrast.needs is not None and contrast.needs not in names or contrast.needs == contrast.name:
             raise ConfigError(f"{path}: contrasts.{index}.needs: {contrast.needs!r} is not another contrast; "
                               f"contrasts: {', '.join(names)}")
+    if suite.spread is not None and suite.spread not in suite.grid:
+        raise ConfigError(f"{path}: spread: {suite.spread} is not an axis of the suite's grid; "
+                          f"axes: {', '.join(sorted(suite.grid)) or 'none'}")
+    # The comparisons pick the nuisance per `within` stratum: the spread's picks match them only when
+    # its axis is that one stratum.
+    if suite.spread is not None and suite.within != [suite.spread]:
+        raise ConfigError(f"{path}: spread: {suite.spread} must be the suite's one `within` axis "
+                          f"(within: {suite.within or 'none'})")
     if suite.rule.guard is not None and suite.rule.name != "paired_difference":
         raise ConfigError(f"{path}: rule.guard: guards paired_difference only, not {suite.rule.name}")
     return suite

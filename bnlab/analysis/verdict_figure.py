@@ -167,17 +167,22 @@ def _by_step(series: list[list[tuple[float, float]]]) -> tuple[list[float], list
 
 def binned(series: list[list[tuple[float, float]]], log: bool) -> tuple[list[float], list[list[float]]]:
     """Per bin of x: each seed's mean y over its checkpoints there. Averaging checkpoint i across
-    seeds would pair different x values (one seed's loss at step 400 is another's at 300)."""
+    seeds would pair different x values (one seed's loss at step 400 is another's at 300). Bins are
+    half-open (the last one closed), so each checkpoint counts once; non-finite x are left out."""
     import numpy as np
 
-    xs = np.array([x for points in series for x, _ in points if x > 0 or not log])
+    kept = [[(x, y) for x, y in points if math.isfinite(x) and (x > 0 or not log)] for points in series]
+    xs = np.array([x for points in kept for x, _ in points])
     if xs.size == 0:
         return [], []
+    if xs.min() == xs.max():
+        return [float(xs.min())], [[float(np.mean([y for _, y in points])) for points in kept if points]]
     edges = (np.geomspace if log else np.linspace)(xs.min(), xs.max(), BINS + 1)
     centres, per_seed = [], []
-    for left, right in zip(edges[:-1], edges[1:], strict=True):
-        means = [float(np.mean(inside)) for points in series
-                 if (inside := [y for x, y in points if left <= x <= right])]
+    for index, (left, right) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        last = index == BINS - 1
+        means = [float(np.mean(inside)) for points in kept
+                 if (inside := [y for x, y in points if left <= x < right or (last and x == right)])]
         if 2 * len(means) >= len(series):
             centres.append(float(np.sqrt(left * right) if log else (left + right) / 2))
             per_seed.append(means)

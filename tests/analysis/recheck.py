@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,35 @@ def recheck(folder: Path) -> int:
                 rows = _rows(runs, arm, comparison.get("panel", "main"))
                 _recheck_pick(comparison["selection"], comparison["stratum"], rows, arm, where)
         _recheck_failures(comparison, runs, where)
+    for row in verdict.get("spread", []):
+        _recheck_spread(row, runs, f"{folder.name} spread at {row['axis']}={row['value']} ({row['a']}, {row['b']})")
     return len(verdict["comparisons"])
+
+
+def _recheck_spread(row: dict[str, Any], runs: pd.DataFrame, where: str) -> None:
+    """Each side's pick (best mean val_acc at that axis value), its runs, n, sd over seeds, and the
+    Brown-Forsythe p of the two sides' values."""
+    samples = []
+    for side in ("a", "b"):
+        rows = _rows(runs, row[side], "main")
+        at_value = rows[_matches(rows[row["axis"]], row["value"])]
+        if row["nuisance"]:
+            picked = {row[side]: row[f"{side}_pick"]}
+            _recheck_pick({"axis": row["nuisance"], "candidates": row["candidates"], "picked": picked},
+                          {row["axis"]: row["value"]}, rows, row[side], where)
+            at_value = at_value[_matches(at_value[row["nuisance"]], row[f"{side}_pick"])]
+        assert sorted(at_value["run_id"]) == row[f"{side}_runs"], where
+        values = at_value[at_value["status"] == "done"][row["metric"]].dropna().tolist()
+        sd = float(pd.Series(values).std()) if len(values) >= 2 else None
+        assert row[f"{side}_n"] == len(values) and _close(sd, row[f"{side}_sd"]), (where, side)
+        assert row[f"{side}_failed"] == len(at_value) - len(values), (where, side)
+        samples.append(values)
+    testable = all(len(v) >= 3 for v in samples) and any(pd.Series(v).std() > 0 for v in samples)
+    # Brown-Forsythe by its definition, not scipy's levene: a one-way ANOVA of |x - median| per side.
+    deviations = [[abs(x - statistics.median(values)) for x in values] for values in samples]
+    p = float(stats.f_oneway(*deviations).pvalue) if testable else math.nan
+    p = p if math.isfinite(p) else None
+    assert _close(p, row["brown_forsythe_p"]), (where, p, row["brown_forsythe_p"])
 
 
 def _differences(comparison: dict[str, Any], runs: pd.DataFrame, where: str) -> list[float]:

@@ -231,6 +231,7 @@ def _suite(tmp_path: Path, tiny_mnist: Path, **fields: Any) -> Path:
         ({"budgets": {"smoke": {"seeds": [0], "more_seeds": [{"where": {"train.lr": 0.01}, "seeds": [1],
                                                                "panel": "wide"}]}}},
          "budgets.smoke.more_seeds.0.panel: unknown 'wide'; panels: main"),
+        ({"spread": "train.batch_size"}, "spread: train.batch_size is not an axis of the suite's grid; axes: train.lr"),
     ],
 )
 def test_suite_design_errors_name_the_field(tmp_path: Path, tiny_mnist: Path, fields: dict, message: str) -> None:

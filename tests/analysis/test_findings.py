@@ -123,6 +123,33 @@ def test_the_recheck_fails_on_a_changed_number(tmp_path: Path, tiny_mnist: Path)
         recheck(out)
 
 
+def test_the_recheck_fails_on_a_changed_spread(tmp_path: Path) -> None:
+    """batch-size's seed-to-seed spread rows follow from runs.csv: a moved sd, a moved p or another
+    lr pick in verdict.json is caught, and so is one changed test accuracy in runs.csv."""
+    shipped = ROOT / "docs" / "findings" / "batch-size"
+    verdict = json.loads((shipped / "verdict.json").read_text())
+    assert len(verdict["spread"]) == 14  # 7 batch sizes x (LayerNorm, BN) and (no-norm, BN)
+    for change in ({"b_sd": verdict["spread"][0]["b_sd"] * 1.01}, {"brown_forsythe_p": 0.5},
+                   {"a_pick": 0.003}):
+        out = tmp_path / "_".join(change)
+        out.mkdir()
+        (out / "runs.csv").write_text((shipped / "runs.csv").read_text())
+        (out / "verdict.json").write_text(json.dumps({**verdict, "spread": [verdict["spread"][0] | change]}))
+        with pytest.raises(AssertionError, match="spread at train.batch_size=4"):
+            recheck(out)
+    out = tmp_path / "runs"
+    out.mkdir()
+    run_id = verdict["spread"][0]["b_runs"][0]
+    lines = (shipped / "runs.csv").read_text().splitlines()
+    column = lines[0].split(",").index("test_acc")
+    lines = [",".join(cells[:column] + [repr(float(cells[column]) - 0.01)] + cells[column + 1:])
+             if cells[0] == run_id else line for line, cells in ((line, line.split(",")) for line in lines)]
+    (out / "runs.csv").write_text("\n".join(lines) + "\n")
+    (out / "verdict.json").write_text(json.dumps({**verdict, "comparisons": [], "spread": verdict["spread"][:1]}))
+    with pytest.raises(AssertionError, match="spread at train.batch_size=4"):
+        recheck(out)
+
+
 SHIPPED = sorted(path.parent.name for path in (ROOT / "docs" / "findings").glob("*/verdict.json"))
 
 

@@ -196,3 +196,7 @@ def test_curves_against_a_loss_bin_each_seeds_checkpoints_first() -> None:
     at_point_one = per_seed[min(range(len(centres)), key=lambda i: abs(math.log(centres[i] / 0.1)))]
     assert sorted(at_point_one) == pytest.approx([0.7, 0.8, 0.9])
     assert sorted(per_seed[-1]) == pytest.approx(sorted([0.5, (0.4 + 0.45) / 2, 0.6]))
+    on_edges = [(float(x), float(x)) for x in range(BINS + 1)] + [(math.nan, 99.0), (math.inf, 99.0)]
+    centres, per_seed = binned([on_edges], log=False)  # each point in one bin; the last bin is closed
+    assert per_seed == [[float(x)] for x in range(BINS - 1)] + [[BINS - 0.5]]
+    assert binned([[(0.05, 1.0)], [(0.05, 3.0)]], log=True) == ([0.05], [[1.0, 3.0]])

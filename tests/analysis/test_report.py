@@ -218,16 +218,20 @@ def test_html_is_one_offline_file_with_valid_inline_pngs(written: Written) -> No
 
 
 def test_short_runs_draw_learning_curves_against_steps(sweep: Path, written: Written) -> None:
-    """Two-epoch runs would give a per-epoch curve of two points: the figure uses the logged steps."""
+    """Two-epoch runs would give a per-epoch curve of two points: the figure uses the logged steps,
+    each seed's loss smoothed on its own, then the mean and range over seeds per step."""
     curves = next(figure for figure in written.built.figures if figure.slug.startswith("curves"))
     assert "against training steps" in curves.caption and curves.caption.startswith("Training loss")
-    trained = next(row["run_id"] for row in results(sweep) if row["status"] == "done")
-    run = read_finished(sweep / trained)
-    assert learning_curves.curve_source([run]) is learning_curves.LOGGED_LOSS
-    x, mean, low, high = learning_curves.curve_band([run], learning_curves.curve_source([run]))
-    logged = pd.read_csv(sweep / trained / "steps.csv")
-    smoothed = list(logged["train_loss"].rolling(learning_curves.LOSS_WINDOW, min_periods=1).mean())
-    assert x == [float(step) for step in logged["step"]] and mean == low == high == pytest.approx(smoothed)
+    cell = [row["run_id"] for row in results(sweep) if row["status"] == "done" and row["model.bn"] == "after"]
+    runs = [read_finished(sweep / run_id) for run_id in cell]
+    assert len(runs) == 2 and learning_curves.curve_source(runs) is learning_curves.LOGGED_LOSS
+    x, mean, low, high = learning_curves.curve_band(runs, learning_curves.LOGGED_LOSS)
+    logged = [pd.read_csv(sweep / run_id / "steps.csv") for run_id in cell]
+    smoothed = pd.concat([frame.set_index("step")["train_loss"].rolling(5, min_periods=1).mean() for frame in logged],
+                         axis=1)
+    assert x == [float(step) for step in smoothed.index]
+    assert mean == pytest.approx(list(smoothed.mean(axis=1))) and low == pytest.approx(list(smoothed.min(axis=1)))
+    assert high == pytest.approx(list(smoothed.max(axis=1))) and low != high
 
 
 def test_hostile_names_and_errors_are_escaped(sweep: Path, tmp_path: Path) -> None:
