@@ -8,11 +8,11 @@ runs.csv's values."""
 from __future__ import annotations
 
 import math
-import statistics
 from typing import Any
 
 from bnlab.analysis.arms import ArmRun, metric_value
 from bnlab.analysis.compare import best_nuisance
+from bnlab.analysis.stats import summarize
 from bnlab.analysis.suites import MAIN, Suite
 
 
@@ -68,7 +68,8 @@ def spread_table(suite: Suite, rows: list[dict[str, Any]]) -> tuple[str, Any]:
 
 
 def _sd(values: list[float]) -> float | None:
-    return statistics.stdev(values) if len(values) >= 2 else None  # None: verdict.json stays plain JSON
+    sd = summarize(values)["sd"]
+    return sd if math.isfinite(sd) else None  # None below two values: verdict.json stays plain JSON
 
 
 def _shown(value: float | None, scale: float) -> str:
